@@ -1,0 +1,46 @@
+# famprov: `make run` to try it, `make test` to check it.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run install test lint typecheck check clean
+
+# The runtime install: the package alone.
+$(VENV)/.run-installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "famprov needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The development install: the package with its test and lint tools.
+$(VENV)/.dev-installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "famprov needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+install: $(VENV)/.dev-installed
+
+run: $(VENV)/.run-installed
+	$(BIN)/famprov serve
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) famprov.db famprov.db-wal famprov.db-shm famprov-mail test-output

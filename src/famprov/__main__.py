@@ -1,0 +1,3 @@
+from famprov.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The HTTP layer: parses, calls one service function, renders."""

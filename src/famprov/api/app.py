@@ -1,0 +1,105 @@
+"""The ASGI application: routes, error handlers, and what runs beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from famprov.api import partner_v1
+from famprov.api.errors import HANDLERS, failure
+from famprov.api.middleware import RequestLogMiddleware
+from famprov.clock import Clock, SystemClock
+from famprov.config import Settings
+from famprov.invitations import transports
+from famprov.invitations.delivery import DeliveryWorker
+from famprov.licenses.service import GrantService
+from famprov.logs import log
+from famprov.partners.service import PartnerDirectory
+from famprov.store import create_schema, is_reachable, open_engine
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"success": True, "status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    if await asyncio.to_thread(is_reachable, engine):
+        return JSONResponse({"success": True, "status": "ready"})
+    return failure(503, "Database unreachable")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    deliver: bool = True,
+) -> Starlette:
+    """Build the service; the store opens and the workers start on startup."""
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = open_engine(settings.database)
+        await asyncio.to_thread(create_schema, engine)
+        delivery = DeliveryWorker(
+            engine,
+            transports.from_settings(settings),
+            clock,
+            public_url=settings.public_url,
+            sender=settings.mail_from,
+            max_attempts=settings.delivery_max_attempts,
+            poll_seconds=settings.delivery_poll_seconds,
+        )
+        grants = GrantService(
+            engine,
+            PartnerDirectory(engine, settings.partner_cache_seconds),
+            clock,
+            batch_size=settings.writer_batch_size,
+            after_commit=delivery.wake if deliver else None,
+        )
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.grants = grants
+        grants.start()
+        task = asyncio.create_task(delivery.run()) if deliver else None
+        log.info(
+            "service_started",
+            database=settings.database_display,
+            mail=settings.mail_url,
+            delivery=deliver,
+        )
+        try:
+            yield
+        finally:
+            grants.stop()
+            if task is not None:
+                delivery.stop()
+                await task
+            engine.dispose()
+            log.info("service_stopped")
+
+    routes = [
+        Route(
+            "/bi_api/v1/services/partner/create-license",
+            partner_v1.create_license,
+            methods=["GET"],
+        ),
+        Route("/create-license", partner_v1.create_license, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestLogMiddleware)],
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

@@ -1,0 +1,81 @@
+"""The one place where errors become HTTP answers.
+
+Every answer that is not a success is JSON of the form
+``{"success": false, "message": "..."}``, whatever raised it: a domain error
+(`famprov.errors`), a routing miss (404, 405), or a bug (500, which shows no
+internals).
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from famprov.errors import (
+    ConflictError,
+    FamprovError,
+    InvalidRequestError,
+    NotFoundError,
+    PartnerAuthError,
+    QuotaExceededError,
+)
+from famprov.logs import log
+
+STATUS: dict[type[FamprovError], int] = {
+    InvalidRequestError: 400,
+    PartnerAuthError: 401,
+    QuotaExceededError: 403,
+    NotFoundError: 404,
+    ConflictError: 409,
+}
+
+HTTP_MESSAGES = {
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request too large",
+    414: "Request URI too long",
+    431: "Request header fields too large",
+    503: "Service unavailable",
+}
+
+
+def failure(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"success": False, "message": message}, status, headers)
+
+
+def status_for(exc: FamprovError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def outcome_for(exc: Exception) -> str:
+    """A short name for the request log: ``PartnerAuthError`` -> ``partner_auth``."""
+    name = type(exc).__name__.removesuffix("Error")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+async def on_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FamprovError)
+    request.state.outcome = outcome_for(exc)
+    return failure(status_for(exc), exc.message)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = HTTP_MESSAGES.get(exc.status_code, "Request failed")
+    return failure(exc.status_code, message, dict(exc.headers or {}))
+
+
+async def on_crash(request: Request, exc: Exception) -> Response:
+    log.error("unhandled_error", error=type(exc).__name__)
+    return failure(500, "Internal server error")
+
+
+HANDLERS = {
+    FamprovError: on_domain_error,
+    HTTPException: on_http_error,
+    Exception: on_crash,
+}

@@ -1,0 +1,333 @@
+"""``famprov``: one command for operators and partners.
+
+Every command reads the same settings (`famprov.config.Settings`) as the
+server. Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from famprov import __version__, client, logs
+from famprov.clock import SystemClock
+from famprov.config import Settings
+from famprov.errors import FamprovError
+from famprov.licenses import records
+from famprov.licenses.plans import product_name
+from famprov.partners import service as partners
+from famprov.partners.hashing import compute_hash
+from famprov.store import create_schema, open_engine
+
+DEMO_PARTNER = "demo"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"famprov: error: {message}", err=True)
+    sys.exit(code)
+
+
+class FamprovGroup(click.Group):
+    """Turns every expected failure into one line on stderr."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FamprovError as exc:
+            fail(exc.message)
+        except client.ApiError as exc:
+            fail(exc.message)
+        except client.ClientError as exc:
+            fail(str(exc), 3)
+        except ValidationError as exc:
+            fail(settings_problem(exc), 2)
+        except SQLAlchemyError as exc:
+            fail(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}")
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+def settings_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    return f"setting FAMPROV_{field.upper()} {first['msg']}"
+
+
+def load_settings() -> Settings:
+    return Settings()
+
+
+def store() -> tuple[Settings, Engine]:
+    settings = load_settings()
+    engine = open_engine(settings.database)
+    create_schema(engine)
+    return settings, engine
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group(cls=FamprovGroup)
+@click.version_option(__version__, prog_name="famprov")
+def main() -> None:
+    """Grant family plans through partners: the server, and its tools."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--no-delivery", is_flag=True, help="Serve the API but send no invitation.")
+def serve(host: str, port: int, no_delivery: bool) -> None:
+    """Run the service."""
+    import uvicorn
+
+    from famprov.api.app import create_app
+
+    settings, engine = store()
+    logs.configure(settings.log_format, settings.log_level)
+    if settings.is_embedded and partners.count_partners(engine) == 0:
+        salt = partners.generate_salt()
+        partners.add_partner(engine, SystemClock(), DEMO_PARTNER, salt)
+        print_demo(DEMO_PARTNER, salt, f"http://{host}:{port}")
+    engine.dispose()
+    uvicorn.run(
+        create_app(settings, deliver=not no_delivery),
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        lifespan="on",
+    )
+
+
+def own_command() -> str:
+    """How to call this same famprov from the current folder."""
+    on_path = shutil.which("famprov")
+    mine = Path(sys.argv[0]).resolve()
+    if on_path and Path(on_path).resolve() == mine:
+        return "famprov"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
+
+
+def print_demo(name: str, salt: str, url: str) -> None:
+    email = "ann@example.com"
+    query = (
+        f"transaction_id=demo-0001&first_name=Ann&email={quote(email)}"
+        f"&hash={compute_hash(email, salt)}&partner_name={quote(name)}"
+    )
+    click.echo(
+        "\nThe store holds no partner yet, so famprov created a demo partner.\n"
+        f"  partner name: {name}\n"
+        f"  salt:         {salt}\n"
+        "The salt is shown this once; it is what the partner hashes with.\n\n"
+        "Grant a license against this server (in another terminal):\n"
+        f"  {own_command()} provision --url {url} --partner {shlex.quote(name)} "
+        f"--salt {shlex.quote(salt)} --transaction-id demo-0001 "
+        f"--first-name Ann --email {email}\n"
+        "or with curl:\n"
+        f"  curl '{url}/bi_api/v1/services/partner/create-license?{query}'\n"
+        "Invitations land in the mail folder as .eml files.\n"
+    )
+
+
+@main.group()
+def partner() -> None:
+    """Add, list and disable partners."""
+
+
+@partner.command("add")
+@click.argument("name")
+@click.option("--salt", help="Use this salt instead of a generated one.")
+@click.option(
+    "--salt-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the salt from a file (its trailing newline is dropped).",
+)
+def partner_add(name: str, salt: str | None, salt_file: Any) -> None:
+    """Add a partner; prints its salt once when famprov generates it."""
+    if salt is not None and salt_file is not None:
+        fail("give --salt or --salt-file, not both", 2)
+    given = salt if salt is not None else read_salt(salt_file) if salt_file else None
+    _, engine = store()
+    chosen = given if given is not None else partners.generate_salt()
+    partners.add_partner(engine, SystemClock(), name, chosen)
+    click.echo(f"partner {name} added")
+    if given is None:
+        click.echo(f"salt: {chosen}")
+        click.echo("The salt is shown this once: hand it to the partner securely.")
+
+
+def read_salt(source: Any) -> str:
+    text: str = source.read()
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+@partner.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def partner_list(as_json: bool) -> None:
+    """List partners and how many licenses each has granted."""
+    _, engine = store()
+    rows = partners.list_partners(engine)
+    if as_json:
+        echo_json(
+            [
+                {
+                    "name": p.name,
+                    "enabled": p.enabled,
+                    "created_at": p.created_at.isoformat(),
+                    "licenses": p.licenses,
+                }
+                for p in rows
+            ]
+        )
+        return
+    table(
+        ["partner", "enabled", "licenses", "created (UTC)"],
+        [[p.name, "yes" if p.enabled else "no", str(p.licenses), p.created_at.isoformat()] for p in rows],
+    )
+
+
+@partner.command("disable")
+@click.argument("name")
+def partner_disable(name: str) -> None:
+    """Refuse every further grant from a partner (its licenses stay)."""
+    _, engine = store()
+    partners.set_enabled(engine, SystemClock(), name, False)
+    click.echo(f"partner {name} disabled")
+
+
+@partner.command("enable")
+@click.argument("name")
+def partner_enable(name: str) -> None:
+    """Accept grants from a disabled partner again."""
+    _, engine = store()
+    partners.set_enabled(engine, SystemClock(), name, True)
+    click.echo(f"partner {name} enabled")
+
+
+@main.group()
+def license() -> None:  # noqa: A001 - the command is named after the thing
+    """List, show and revoke licenses."""
+
+
+@license.command("list")
+@click.option("--partner", "partner_name", help="Only this partner's licenses.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def license_list(partner_name: str | None, as_json: bool) -> None:
+    """List licenses, oldest first."""
+    _, engine = store()
+    rows = records.list_licenses(engine, SystemClock(), partner=partner_name)
+    if as_json:
+        echo_json([r.to_json() for r in rows])
+        return
+    table(
+        ["order number", "partner", "transaction id", "email", "status", "expires (UTC)"],
+        [
+            [r.order_number, r.partner_name, r.transaction_id, r.email, r.status, r.expires_at.isoformat()]
+            for r in rows
+        ],
+    )
+
+
+@license.command("show")
+@click.argument("order_number")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def license_show(order_number: str, as_json: bool) -> None:
+    """Show one license."""
+    _, engine = store()
+    show_record(records.get_license(engine, SystemClock(), order_number), as_json)
+
+
+@license.command("revoke")
+@click.argument("order_number")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def license_revoke(order_number: str, as_json: bool) -> None:
+    """Revoke a license; it stays on record."""
+    _, engine = store()
+    show_record(records.revoke_license(engine, SystemClock(), order_number), as_json)
+
+
+def show_record(record: records.LicenseRecord, as_json: bool) -> None:
+    if as_json:
+        echo_json(record.to_json())
+        return
+    data = record.to_json()
+    data["products"] = ", ".join(product_name(code) for code in record.products)
+    width = max(len(key) for key in data)
+    for key, value in data.items():
+        shown = "" if value is None else value
+        click.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    grid = Table(*headers, box=None, pad_edge=False)
+    for row in rows:
+        grid.add_row(*row)
+    Console(soft_wrap=True).print(grid)
+    if not rows:
+        click.echo("(none)", err=True)
+
+
+@main.command()
+@click.option("--url", required=True, help="The famprov server, e.g. http://127.0.0.1:8080.")
+@click.option("--partner", "partner_name", required=True, help="Your partner name.")
+@click.option("--salt", help="Your salt (visible to other users of this machine).")
+@click.option(
+    "--salt-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read your salt from a file; its trailing newline is dropped.",
+)
+@click.option("--transaction-id", required=True, help="Your reference for this grant.")
+@click.option("--first-name", required=True)
+@click.option("--last-name")
+@click.option("--email", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the server's answer as JSON.")
+def provision(
+    url: str,
+    partner_name: str,
+    salt: str | None,
+    salt_file: Any,
+    transaction_id: str,
+    first_name: str,
+    last_name: str | None,
+    email: str,
+    as_json: bool,
+) -> None:
+    """Grant one person a family plan, as a partner."""
+    if (salt is None) == (salt_file is None):
+        fail("give exactly one of --salt and --salt-file", 2)
+    secret = salt if salt is not None else read_salt(salt_file)
+    if not secret:
+        fail("the salt is empty", 2)
+    with client.Client(url, partner=partner_name, salt=secret) as api:
+        grant = api.grant(
+            transaction_id=transaction_id,
+            first_name=first_name,
+            last_name=last_name,
+            email=email,
+        )
+    if as_json:
+        echo_json({"order_number": grant.order_number, "vault_url": grant.vault_url})
+        return
+    click.echo(f"order number: {grant.order_number}")
+    click.echo(f"vault URL:    {grant.vault_url}")
+
+

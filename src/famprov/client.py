@@ -1,0 +1,256 @@
+"""The partner's client for the v1 API, on httpx.
+
+    from famprov.client import Client
+
+    with Client("https://famprov.example", partner="acme", salt=salt) as client:
+        grant = client.grant(transaction_id="0001", first_name="Ann",
+                             email="ann@example.com")
+        print(grant.order_number, grant.vault_url)
+
+Every value is URL-encoded (the vendor's sample does not encode, which breaks
+emails holding ``+`` or ``&``), the hash is computed here, and timeouts,
+connection failures and 5xx answers are retried with exponential backoff:
+safe, because the transaction id makes a grant idempotent. Refusals raise a
+typed `ApiError` carrying the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from famprov.logs import Secret
+from famprov.partners.hashing import compute_hash
+
+PATH = "/bi_api/v1/services/partner/create-license"
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    order_number: str
+    vault_url: str
+
+
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class ApiError(ClientError):
+    """The server refused the grant; ``message`` is its own words."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"{status}: {message}")
+
+
+class InvalidRequest(ApiError):  # noqa: N818 - named after the server's answer
+    """400: a parameter is missing or invalid."""
+
+
+class Unauthorized(ApiError):  # noqa: N818
+    """401: unknown or disabled partner, or a hash that does not verify."""
+
+
+class QuotaExceeded(ApiError):  # noqa: N818
+    """403: the partner's license quota is used up."""
+
+
+class Conflict(ApiError):  # noqa: N818
+    """409: the transaction id or the person already has another grant."""
+
+
+class Unavailable(ClientError):  # noqa: N818
+    """The server could not be reached, or kept failing, after every retry."""
+
+
+_ERRORS: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: QuotaExceeded,
+    409: Conflict,
+}
+
+
+class _Policy:
+    """What one call sends and how it is retried; shared by both clients."""
+
+    def __init__(
+        self, partner: str, salt: str, retries: int, backoff: float
+    ) -> None:
+        self.partner = partner
+        self.salt = Secret(salt)
+        self.retries = retries
+        self.backoff = backoff
+
+    def params(
+        self, transaction_id: str, first_name: str, email: str, last_name: str | None
+    ) -> dict[str, str]:
+        params = {
+            "transaction_id": transaction_id,
+            "first_name": first_name,
+            "email": email,
+            "hash": compute_hash(email, self.salt.reveal()),
+            "partner_name": self.partner,
+        }
+        if last_name:
+            params["last_name"] = last_name
+        return params
+
+    def delays(self) -> Iterator[float]:
+        for attempt in range(self.retries):
+            yield self.backoff * 2**attempt * random.uniform(0.5, 1.5)
+
+    @staticmethod
+    def retryable(response: httpx.Response) -> bool:
+        return response.status_code in RETRYABLE_STATUS
+
+    @staticmethod
+    def result(response: httpx.Response) -> Grant:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if response.status_code == 200 and body.get("success") is True:
+            return Grant(str(body["order_number"]), str(body["vault_url"]))
+        message = str(body.get("message") or response.reason_phrase)
+        raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message)
+
+
+def _gave_up(error: Exception | None, response: httpx.Response | None) -> Unavailable:
+    if response is not None:
+        return Unavailable(f"server kept answering {response.status_code}")
+    return Unavailable(f"server unreachable: {type(error).__name__}")
+
+
+class Client:
+    """Synchronous client; use as a context manager or call `close`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        partner: str,
+        salt: str,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._policy = _Policy(partner, salt, retries, backoff)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    def grant(
+        self,
+        *,
+        transaction_id: str,
+        first_name: str,
+        email: str,
+        last_name: str | None = None,
+    ) -> Grant:
+        params = self._policy.params(transaction_id, first_name, email, last_name)
+        delays = self._policy.delays()
+        while True:
+            error: Exception | None = None
+            response: httpx.Response | None = None
+            try:
+                response = self._http.get(PATH, params=params)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                error = exc
+            if response is not None and not self._policy.retryable(response):
+                return self._policy.result(response)
+            delay = next(delays, None)
+            if delay is None:
+                raise _gave_up(error, response) from error
+            time.sleep(delay)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """Asynchronous client; share one across many concurrent grants."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        partner: str,
+        salt: str,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._policy = _Policy(partner, salt, retries, backoff)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+            ),
+        )
+
+    async def grant(
+        self,
+        *,
+        transaction_id: str,
+        first_name: str,
+        email: str,
+        last_name: str | None = None,
+    ) -> Grant:
+        params = self._policy.params(transaction_id, first_name, email, last_name)
+        delays = self._policy.delays()
+        while True:
+            error: Exception | None = None
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.get(PATH, params=params)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                error = exc
+            if response is not None and not self._policy.retryable(response):
+                return self._policy.result(response)
+            delay = next(delays, None)
+            if delay is None:
+                raise _gave_up(error, response) from error
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,1 @@
+"""Invitations: the email that tells a person about their license."""

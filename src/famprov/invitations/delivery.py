@@ -1,0 +1,211 @@
+"""The outbox worker: sends the invitations the grants queued.
+
+A grant writes its outbox row in the license's own transaction; this worker
+picks rows up after commit. A row is claimed for a lease before it is sent,
+so a worker that dies mid-delivery only delays it: once the lease runs out,
+the row is due again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from email_validator import validate_email
+from sqlalchemy import Engine, and_, or_, select, update
+
+from famprov.clock import Clock
+from famprov.invitations import message
+from famprov.invitations.transports import Transport
+from famprov.licenses.service import REVOKED, vault_url
+from famprov.logs import log, redact_email
+from famprov.store import WRITE
+from famprov.store.schema import licenses, outbox, partners
+
+LEASE = timedelta(minutes=5)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Wait before retry number ``attempts``: doubling from 10 s, capped at
+    one hour, with jitter so that failed rows do not retry in step."""
+    base = min(10 * 2 ** max(attempts - 1, 0), 3600)
+    return timedelta(seconds=base * random.uniform(0.5, 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    outbox_id: int
+    order_number: str
+    invitation: message.Invitation | None  # None when the license was revoked
+
+
+class DeliveryWorker:
+    """Delivers due outbox rows until stopped; woken early after each commit."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        transport: Transport,
+        clock: Clock,
+        *,
+        public_url: str,
+        sender: str,
+        max_attempts: int = 12,
+        poll_seconds: float = 1.0,
+        batch: int = 100,
+    ) -> None:
+        self._engine = engine
+        self._transport = transport
+        self._clock = clock
+        self._public_url = public_url
+        self._sender = sender
+        self._max_attempts = max_attempts
+        self._poll = poll_seconds
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Ask for a delivery round now; safe from any thread."""
+        if self._loop is not None and not self._stopping:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                done = await self.deliver_due()
+            except Exception:
+                log.exception("delivery_round_failed")
+                done = 0
+            if done >= self._batch:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def deliver_due(self) -> int:
+        """Send every row due now, up to one batch; return how many were tried."""
+        claim = secrets.token_hex(8)
+        rows = await asyncio.to_thread(self._claim, claim)
+        for row in rows:
+            await self._deliver(row, claim)
+        return len(rows)
+
+    async def _deliver(self, row: _Claimed, claim: str) -> None:
+        if row.invitation is None:
+            await asyncio.to_thread(self._finish, row.outbox_id, claim, "cancelled")
+            return
+        key = f"invitation-{row.order_number}-{row.outbox_id}"
+        msg = message.build(row.invitation, sender=self._sender, sent_at=self._clock.now())
+        try:
+            await self._transport.send(msg, key)
+        except Exception as exc:
+            await asyncio.to_thread(self._failed, row.outbox_id, claim, exc)
+            return
+        await asyncio.to_thread(self._finish, row.outbox_id, claim, "sent")
+        log.info(
+            "invitation_sent",
+            order_number=row.order_number,
+            to=redact_email(row.invitation.to_email),
+        )
+
+    def _claim(self, claim: str) -> list[_Claimed]:
+        now = self._clock.now()
+        due = and_(
+            outbox.c.status == "pending",
+            outbox.c.next_attempt_at <= now,
+            or_(outbox.c.locked_until.is_(None), outbox.c.locked_until <= now),
+        )
+        ids = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(self._batch)
+        with self._engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(ids.scalar_subquery()), due)
+                .values(
+                    claim=claim,
+                    locked_until=now + LEASE,
+                    attempts=outbox.c.attempts + 1,
+                )
+            )
+            rows = conn.execute(
+                select(
+                    outbox.c.id.label("outbox_id"),
+                    licenses,
+                    partners.c.name.label("partner_name"),
+                )
+                .join(licenses, licenses.c.id == outbox.c.license_id)
+                .join(partners, partners.c.id == licenses.c.partner_id)
+                .where(outbox.c.claim == claim)
+                .order_by(outbox.c.id)
+            ).all()
+        return [self._claimed(row) for row in rows]
+
+    def _claimed(self, row: Any) -> _Claimed:
+        if row.status == REVOKED:
+            return _Claimed(row.outbox_id, row.order_number, None)
+        checked = validate_email(row.email, check_deliverability=False)
+        return _Claimed(
+            row.outbox_id,
+            row.order_number,
+            message.Invitation(
+                to_email=checked.ascii_email or checked.normalized,
+                smtputf8=checked.ascii_email is None,
+                first_name=row.first_name,
+                last_name=row.last_name,
+                partner_name=row.partner_name,
+                products=json.loads(row.products),
+                expires_at=row.expires_at,
+                vault_url=vault_url(self._public_url, row.vault_token),
+            ),
+        )
+
+    def _finish(self, outbox_id: int, claim: str, status: str) -> None:
+        self._update(
+            outbox_id,
+            claim,
+            status=status,
+            sent_at=self._clock.now() if status == "sent" else None,
+            last_error=None,
+        )
+
+    def _failed(self, outbox_id: int, claim: str, exc: Exception) -> None:
+        with self._engine.connect() as conn:
+            attempts = conn.execute(
+                select(outbox.c.attempts).where(outbox.c.id == outbox_id)
+            ).scalar_one()
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        if attempts >= self._max_attempts:
+            self._update(outbox_id, claim, status="failed", last_error=reason)
+            log.error("invitation_failed", outbox_id=outbox_id, attempts=attempts)
+            return
+        due: datetime = self._clock.now() + backoff(attempts)
+        self._update(outbox_id, claim, next_attempt_at=due, last_error=reason)
+        log.warning(
+            "invitation_retry",
+            outbox_id=outbox_id,
+            attempts=attempts,
+            error=type(exc).__name__,
+        )
+
+    def _update(self, outbox_id: int, claim: str, **values: Any) -> None:
+        with self._engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == outbox_id, outbox.c.claim == claim)
+                .values(locked_until=None, claim=None, **values)
+            )
+

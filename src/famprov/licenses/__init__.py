@@ -1,0 +1,1 @@
+"""Licenses: what a grant creates, and its life cycle."""

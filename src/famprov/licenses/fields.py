@@ -1,0 +1,116 @@
+"""The fields of a grant request, and the rules each must meet.
+
+These checks run after the hash has verified, so that a caller who cannot
+authenticate learns nothing from them, and on the values exactly as received.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+from famprov.errors import InvalidFieldError, MissingFieldsError
+
+REQUIRED = ("transaction_id", "first_name", "email", "hash", "partner_name")
+OPTIONAL = ("last_name",)
+PARAMETERS = frozenset(REQUIRED + OPTIONAL)
+
+MAX_EMAIL = 254
+MAX_NAME = 100
+MAX_TRANSACTION_ID = 128
+
+# Characters no name, email or reference may hold: C0/C1 controls, line and
+# paragraph separators, lone surrogates, and the byte-order mark.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+@dataclass(frozen=True, slots=True)
+class RawGrant:
+    """The parameters of a grant as received, all required ones present."""
+
+    transaction_id: str
+    first_name: str
+    last_name: str | None
+    email: str
+    hash: str
+    partner_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """The validated person a license is for."""
+
+    email: str
+    email_key: str
+    needs_smtputf8: bool
+    first_name: str
+    last_name: str | None
+
+
+def require(params: dict[str, str]) -> RawGrant:
+    """Check step 1: every required parameter present and not blank."""
+    for name in REQUIRED:
+        if not params.get(name, "").strip():
+            raise MissingFieldsError()
+    return RawGrant(
+        transaction_id=params["transaction_id"],
+        first_name=params["first_name"],
+        last_name=params.get("last_name") or None,
+        email=params["email"],
+        hash=params["hash"],
+        partner_name=params["partner_name"],
+    )
+
+
+def validate(raw: RawGrant, verified_email: str) -> Person:
+    """Check step 3: field syntax, lengths and characters."""
+    check_text("transaction_id", raw.transaction_id, MAX_TRANSACTION_ID)
+    check_text("first_name", raw.first_name, MAX_NAME)
+    if raw.last_name is not None:
+        check_text("last_name", raw.last_name, MAX_NAME)
+    email, key, smtputf8 = normalise_email(verified_email)
+    return Person(email, key, smtputf8, raw.first_name, raw.last_name)
+
+
+def check_text(field: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidFieldError(
+            f"Invalid request - Invalid {field}: at most {limit} characters"
+        )
+    if value != value.strip():
+        raise InvalidFieldError(
+            f"Invalid request - Invalid {field}: leading or trailing white space"
+        )
+    if has_forbidden(value):
+        raise InvalidFieldError(
+            f"Invalid request - Invalid {field}: control characters"
+        )
+
+
+def has_forbidden(value: str) -> bool:
+    return any(
+        unicodedata.category(c) in _FORBIDDEN_CATEGORIES or c == "\ufeff"
+        for c in value
+    )
+
+
+def normalise_email(email: str) -> tuple[str, str, bool]:
+    """Return the email to store and send to, its comparison key, and
+    whether delivery needs SMTPUTF8.
+
+    White space around the address is an error, never trimmed: a partner
+    whose export holds ``ann@example.com `` must hear about it.
+    """
+    invalid = InvalidFieldError("Invalid request - Invalid email address")
+    if len(email) > MAX_EMAIL or email != email.strip() or has_forbidden(email):
+        raise invalid
+    try:
+        checked = validate_email(
+            email, check_deliverability=False, allow_smtputf8=True
+        )
+    except EmailNotValidError:
+        raise invalid from None
+    key = f"{checked.local_part.casefold()}@{checked.ascii_domain}"
+    return checked.normalized, key, checked.ascii_email is None

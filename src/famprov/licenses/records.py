@@ -1,0 +1,125 @@
+"""Licenses as the operator sees them: listed, shown, revoked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, Select, select, update
+
+from famprov.clock import Clock
+from famprov.errors import NotFoundError, OperatorError
+from famprov.licenses.service import LIVE, REVOKED, effective_status
+from famprov.store import WRITE
+from famprov.store.schema import licenses, outbox, partners
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseRecord:
+    order_number: str
+    partner_name: str
+    transaction_id: str
+    email: str
+    first_name: str
+    last_name: str | None
+    plan: str
+    products: list[str]
+    status: str
+    created_at: datetime
+    starts_at: datetime
+    expires_at: datetime
+    accepted_at: datetime | None
+    revoked_at: datetime | None
+    invitation: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+def _query() -> Select[Any]:
+    invitation = (
+        select(outbox.c.status)
+        .where(outbox.c.license_id == licenses.c.id)
+        .order_by(outbox.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        select(licenses, partners.c.name.label("partner_name"), invitation.label("inv"))
+        .join(partners, partners.c.id == licenses.c.partner_id)
+        .order_by(licenses.c.created_at, licenses.c.id)
+    )
+
+
+def _record(row: Row[Any], now: datetime) -> LicenseRecord:
+    return LicenseRecord(
+        order_number=row.order_number,
+        partner_name=row.partner_name,
+        transaction_id=row.transaction_id,
+        email=row.email,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        plan=row.plan,
+        products=json.loads(row.products),
+        status=effective_status(row.status, row.expires_at, now),
+        created_at=row.created_at,
+        starts_at=row.starts_at,
+        expires_at=row.expires_at,
+        accepted_at=row.accepted_at,
+        revoked_at=row.revoked_at,
+        invitation=row.inv,
+    )
+
+
+def list_licenses(
+    engine: Engine, clock: Clock, *, partner: str | None = None
+) -> Sequence[LicenseRecord]:
+    query = _query()
+    if partner is not None:
+        query = query.where(partners.c.name == partner)
+    now = clock.now()
+    with engine.connect() as conn:
+        if partner is not None and conn.execute(
+            select(partners.c.id).where(partners.c.name == partner)
+        ).first() is None:
+            raise NotFoundError(f"no partner named {partner!r}")
+        return [_record(row, now) for row in conn.execute(query)]
+
+
+def get_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRecord:
+    with engine.connect() as conn:
+        row = conn.execute(
+            _query().where(licenses.c.order_number == order_number)
+        ).first()
+    if row is None:
+        raise NotFoundError(f"no license with order number {order_number!r}")
+    return _record(row, clock.now())
+
+
+def revoke_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRecord:
+    """Revoke a live license; it stays on record, and its person may be
+    granted again."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        row = conn.execute(
+            select(licenses.c.status, licenses.c.expires_at).where(
+                licenses.c.order_number == order_number
+            )
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no license with order number {order_number!r}")
+        status = effective_status(row.status, row.expires_at, clock.now())
+        if status not in LIVE:
+            raise OperatorError(f"license {order_number} is {status}, not revocable")
+        conn.execute(
+            update(licenses)
+            .where(licenses.c.order_number == order_number)
+            .values(status=REVOKED, revoked_at=clock.now(), live_email_key=None)
+        )
+    return get_license(engine, clock, order_number)

@@ -1,0 +1,1 @@
+"""Partners: who may grant licenses, and how their calls are authenticated."""

@@ -1,0 +1,176 @@
+"""Partner records: added and disabled by the operator, read on every grant."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from famprov.clock import Clock
+from famprov.errors import NotFoundError, OperatorError, PartnerAuthError
+from famprov.logs import Secret
+from famprov.partners.hashing import verify_hash
+from famprov.store import WRITE
+from famprov.store.schema import licenses, partners
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._&-]{0,62}[A-Za-z0-9._-])?")
+MIN_SALT_LENGTH = 16
+MAX_SALT_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Partner:
+    id: int
+    name: str
+    salt: Secret
+    enabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerSummary:
+    name: str
+    enabled: bool
+    created_at: datetime
+    licenses: int
+
+
+def generate_salt() -> str:
+    """A fresh salt of 256 random bits."""
+    return secrets.token_urlsafe(32)
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise OperatorError(
+            "partner name must be 1 to 64 characters: letters, digits, space, "
+            "'.', '_', '&' and '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_salt(salt: str) -> str:
+    """Refuse a salt that partners would struggle to reproduce, or to keep."""
+    if salt != salt.strip():
+        raise OperatorError("salt must not start or end with white space")
+    if not MIN_SALT_LENGTH <= len(salt) <= MAX_SALT_LENGTH:
+        raise OperatorError(
+            f"salt must be {MIN_SALT_LENGTH} to {MAX_SALT_LENGTH} characters long"
+        )
+    if not salt.isprintable():
+        raise OperatorError("salt must not contain control characters")
+    return salt
+
+
+def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
+    check_name(name)
+    check_salt(salt)
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        if _find(conn, name) is not None:
+            raise OperatorError(f"partner {name!r} already exists")
+        now = clock.now()
+        row_id = conn.execute(
+            insert(partners).values(
+                name=name, salt=salt, enabled=True, created_at=now
+            )
+        ).inserted_primary_key
+        assert row_id is not None
+    return Partner(row_id[0], name, Secret(salt), True, now)
+
+
+def set_enabled(engine: Engine, clock: Clock, name: str, enabled: bool) -> None:
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        result = conn.execute(
+            update(partners)
+            .where(partners.c.name == name)
+            .values(enabled=enabled, disabled_at=None if enabled else clock.now())
+        )
+        if result.rowcount == 0:
+            raise NotFoundError(f"no partner named {name!r}")
+
+
+def list_partners(engine: Engine) -> Sequence[PartnerSummary]:
+    counts = (
+        select(licenses.c.partner_id, func.count().label("n"))
+        .group_by(licenses.c.partner_id)
+        .subquery()
+    )
+    query = (
+        select(partners, func.coalesce(counts.c.n, 0).label("n"))
+        .outerjoin(counts, counts.c.partner_id == partners.c.id)
+        .order_by(partners.c.name)
+    )
+    with engine.connect() as conn:
+        return [
+            PartnerSummary(row.name, row.enabled, row.created_at, row.n)
+            for row in conn.execute(query)
+        ]
+
+
+def count_partners(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(partners)).scalar_one()
+
+
+def find_partner(engine: Engine, name: str) -> Partner | None:
+    with engine.connect() as conn:
+        return _find(conn, name)
+
+
+def _find(conn: Connection, name: str) -> Partner | None:
+    row = conn.execute(select(partners).where(partners.c.name == name)).first()
+    if row is None:
+        return None
+    return Partner(row.id, row.name, Secret(row.salt), row.enabled, row.created_at)
+
+
+class PartnerDirectory:
+    """Partners by name for the request path, each record reused a short while.
+
+    Only known partners are kept; a name the store does not hold is looked up
+    again on every request, so a partner added a moment ago is served at once.
+    """
+
+    def __init__(self, engine: Engine, ttl_seconds: float) -> None:
+        self._engine = engine
+        self._ttl = ttl_seconds
+        self._cache: dict[str, tuple[float, Partner]] = {}
+
+    async def get(self, name: str) -> Partner | None:
+        if len(name) > 64:
+            return None
+        hit = self._cache.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        partner = await asyncio.to_thread(find_partner, self._engine, name)
+        if partner is None:
+            self._cache.pop(name, None)
+        else:
+            self._cache[name] = (now, partner)
+        return partner
+
+
+def authenticate(partner: Partner | None, email: str, hash_hex: str) -> str:
+    """Return the email the hash verifies, or raise `PartnerAuthError`.
+
+    Clients built on the vendor's sample do not URL-encode, so a ``+`` in the
+    email reaches us as a space. When the email as received fails and holds a
+    space, the variant with every space read as ``+`` is tried; the email that
+    verifies is the one the partner meant.
+    """
+    usable = partner is not None and partner.enabled
+    salt = partner.salt.reveal() if usable and partner is not None else None
+    if verify_hash(email, salt, hash_hex):
+        return email
+    if " " in email:
+        variant = email.replace(" ", "+")
+        if verify_hash(variant, salt, hash_hex):
+            return variant
+    raise PartnerAuthError()

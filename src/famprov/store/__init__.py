@@ -1,0 +1,85 @@
+"""The store: one SQLAlchemy engine over SQLite (embedded) or PostgreSQL.
+
+famprov talks to the database through synchronous SQLAlchemy Core on its own
+threads: grants through the batching writer (`famprov.store.writer`), reads
+and operator commands through short transactions. The URL may name an async
+driver (``sqlite+aiosqlite``, ``postgresql+asyncpg``); the store picks the
+matching synchronous driver for the same database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL
+
+from famprov.store.schema import metadata
+
+_SYNC_DRIVERS = {
+    "sqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+}
+
+# Execution option that makes a SQLite transaction take the write lock at
+# BEGIN, so two writers queue on busy_timeout instead of failing on upgrade.
+WRITE = {"famprov_write": True}
+
+
+def sync_url(url: URL) -> URL:
+    """Return the same database's URL with the driver famprov runs on."""
+    return url.set(drivername=_SYNC_DRIVERS[url.get_backend_name()])
+
+
+def open_engine(url: URL, *, echo: bool = False) -> Engine:
+    """Create the engine, with SQLite set up for durable concurrent use."""
+    url = sync_url(url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_pre_ping=True)
+
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own transaction handling is switched off so that the
+        # BEGIN below is the only one, with the lock mode we choose.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = (
+            "IMMEDIATE"
+            if connection.get_execution_options().get("famprov_write")
+            else "DEFERRED"
+        )
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create any missing tables."""
+    metadata.create_all(engine)
+
+
+def is_reachable(engine: Engine) -> bool:
+    """True when the database answers a trivial query."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+def has_schema(engine: Engine) -> bool:
+    return inspect(engine).has_table("licenses")

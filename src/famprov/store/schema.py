@@ -1,0 +1,118 @@
+"""The tables of the store, one SQLAlchemy metadata for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime, stored naive in UTC on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError("famprov stores aware datetimes only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+partners = Table(
+    "partners",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    # TODO: salts are stored in plaintext; a copy of the database lets anyone
+    # compute valid hashes. Encrypting them at rest needs an operator key.
+    Column("salt", String(256), nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime),
+)
+
+licenses = Table(
+    "licenses",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("order_number", String(13), nullable=False, unique=True),
+    Column("partner_id", ForeignKey("partners.id"), nullable=False),
+    Column("transaction_id", String(128), nullable=False),
+    Column("email", String(320), nullable=False),
+    # The case-folded email; compares one person's grants from one partner.
+    Column("email_key", String(320), nullable=False),
+    # email_key while the license is in force, NULL once it is revoked or
+    # expired: a unique index then holds "one live license per person and
+    # partner" in the database itself, across processes and hosts.
+    Column("live_email_key", String(320)),
+    Column("first_name", String(100), nullable=False),
+    Column("last_name", String(100)),
+    Column("plan", String(32), nullable=False),
+    Column("products", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("starts_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("accepted_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+    # TODO: the vault token is stored in plaintext, so a copy of the database
+    # yields working invitation links; keeping only a keyed digest needs an
+    # operator key, as the salts do.
+    Column("vault_token", String(64), nullable=False, unique=True),
+    UniqueConstraint("partner_id", "transaction_id", name="uq_licenses_partner_txn"),
+    UniqueConstraint("partner_id", "live_email_key", name="uq_licenses_partner_live"),
+    Index("ix_licenses_partner_email", "partner_id", "email_key"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("license_id", ForeignKey("licenses.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    # pending -> sent, or pending -> failed once the attempts run out
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    # A worker that claims a row holds it until this time; past it, the row
+    # is free again, so a worker that died mid-delivery loses nothing.
+    Column("locked_until", UTCDateTime),
+    Column("claim", String(32)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("last_error", Text),
+    Index("ix_outbox_due", "status", "next_attempt_at"),
+)
