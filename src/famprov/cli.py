@@ -55,7 +55,7 @@ class FamprovGroup(click.Group):
         except ValidationError as exc:
             fail(settings_problem(exc), 2)
         except SQLAlchemyError as exc:
-            fail(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}")
+            fail(database_problem(exc))
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
 
@@ -64,6 +64,13 @@ def settings_problem(exc: ValidationError) -> str:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"])
     return f"setting FAMPROV_{field.upper()} {first['msg']}"
+
+
+def database_problem(exc: SQLAlchemyError) -> str:
+    # The driver's own message only: SQLAlchemy's text repeats the statement
+    # and its parameters, which may hold a salt.
+    reason = str(getattr(exc, "orig", None) or type(exc).__name__)
+    return f"database error: {reason.splitlines()[0] if reason else 'unknown'}"
 
 
 def load_settings() -> Settings:
@@ -90,7 +97,9 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--no-delivery", is_flag=True, help="Serve the API but send no invitation.")
+@click.option(
+    "--no-delivery", is_flag=True, help="Serve the API but send no invitation."
+)
 def serve(host: str, port: int, no_delivery: bool) -> None:
     """Run the service."""
     import uvicorn
@@ -201,7 +210,15 @@ def partner_list(as_json: bool) -> None:
         return
     table(
         ["partner", "enabled", "licenses", "created (UTC)"],
-        [[p.name, "yes" if p.enabled else "no", str(p.licenses), p.created_at.isoformat()] for p in rows],
+        [
+            [
+                p.name,
+                "yes" if p.enabled else "no",
+                str(p.licenses),
+                p.created_at.isoformat(timespec="seconds"),
+            ]
+            for p in rows
+        ],
     )
 
 
@@ -224,7 +241,7 @@ def partner_enable(name: str) -> None:
 
 
 @main.group()
-def license() -> None:  # noqa: A001 - the command is named after the thing
+def license() -> None:
     """List, show and revoke licenses."""
 
 
@@ -239,9 +256,23 @@ def license_list(partner_name: str | None, as_json: bool) -> None:
         echo_json([r.to_json() for r in rows])
         return
     table(
-        ["order number", "partner", "transaction id", "email", "status", "expires (UTC)"],
         [
-            [r.order_number, r.partner_name, r.transaction_id, r.email, r.status, r.expires_at.isoformat()]
+            "order number",
+            "partner",
+            "transaction id",
+            "email",
+            "status",
+            "expires (UTC)",
+        ],
+        [
+            [
+                r.order_number,
+                r.partner_name,
+                r.transaction_id,
+                r.email,
+                r.status,
+                r.expires_at.isoformat(timespec="seconds"),
+            ]
             for r in rows
         ],
     )
@@ -281,13 +312,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     grid = Table(*headers, box=None, pad_edge=False)
     for row in rows:
         grid.add_row(*row)
-    Console(soft_wrap=True).print(grid)
+    # On a terminal the table fits the window; into a pipe or a file, no
+    # column is cut short.
+    width = None if sys.stdout.isatty() else 10_000
+    Console(width=width).print(grid)
     if not rows:
         click.echo("(none)", err=True)
 
 
 @main.command()
-@click.option("--url", required=True, help="The famprov server, e.g. http://127.0.0.1:8080.")
+@click.option(
+    "--url", required=True, help="The famprov server, e.g. http://127.0.0.1:8080."
+)
 @click.option("--partner", "partner_name", required=True, help="Your partner name.")
 @click.option("--salt", help="Your salt (visible to other users of this machine).")
 @click.option(
@@ -299,7 +335,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 @click.option("--first-name", required=True)
 @click.option("--last-name")
 @click.option("--email", required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the server's answer as JSON.")
+@click.option(
+    "--retries",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries after a timeout, a failed connection or a 5xx answer.",
+)
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the server's answer as JSON."
+)
 def provision(
     url: str,
     partner_name: str,
@@ -309,6 +355,8 @@ def provision(
     first_name: str,
     last_name: str | None,
     email: str,
+    retries: int,
+    timeout: float,
     as_json: bool,
 ) -> None:
     """Grant one person a family plan, as a partner."""
@@ -317,7 +365,9 @@ def provision(
     secret = salt if salt is not None else read_salt(salt_file)
     if not secret:
         fail("the salt is empty", 2)
-    with client.Client(url, partner=partner_name, salt=secret) as api:
+    with client.Client(
+        url, partner=partner_name, salt=secret, retries=retries, timeout=timeout
+    ) as api:
         grant = api.grant(
             transaction_id=transaction_id,
             first_name=first_name,
@@ -329,5 +379,3 @@ def provision(
         return
     click.echo(f"order number: {grant.order_number}")
     click.echo(f"vault URL:    {grant.vault_url}")
-
-

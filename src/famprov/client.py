@@ -83,9 +83,7 @@ _ERRORS: dict[int, type[ApiError]] = {
 class _Policy:
     """What one call sends and how it is retried; shared by both clients."""
 
-    def __init__(
-        self, partner: str, salt: str, retries: int, backoff: float
-    ) -> None:
+    def __init__(self, partner: str, salt: str, retries: int, backoff: float) -> None:
         self.partner = partner
         self.salt = Secret(salt)
         self.retries = retries

@@ -64,9 +64,7 @@ class ConflictError(FamprovError):
 
 
 class TransactionConflictError(ConflictError):
-    message = (
-        "Invalid request - transaction_id already used with different details"
-    )
+    message = "Invalid request - transaction_id already used with different details"
 
 
 class ExistingLicenseError(ConflictError):

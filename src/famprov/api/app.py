@@ -100,6 +100,6 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestLogMiddleware)],
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

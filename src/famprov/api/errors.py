@@ -40,7 +40,9 @@ HTTP_MESSAGES = {
 }
 
 
-def failure(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def failure(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
     return JSONResponse({"success": False, "message": message}, status, headers)
 
 

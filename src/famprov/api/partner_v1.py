@@ -54,6 +54,8 @@ async def create_license(request: Request) -> Response:
         {
             "success": True,
             "order_number": grant.order_number,
-            "vault_url": vault_url(request.app.state.settings.public_url, grant.vault_token),
+            "vault_url": vault_url(
+                request.app.state.settings.public_url, grant.vault_token
+            ),
         }
     )

@@ -9,6 +9,7 @@ the row is due again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import secrets
@@ -86,10 +87,8 @@ class DeliveryWorker:
                 done = 0
             if done >= self._batch:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     def stop(self) -> None:
@@ -110,7 +109,9 @@ class DeliveryWorker:
             await asyncio.to_thread(self._finish, row.outbox_id, claim, "cancelled")
             return
         key = f"invitation-{row.order_number}-{row.outbox_id}"
-        msg = message.build(row.invitation, sender=self._sender, sent_at=self._clock.now())
+        msg = message.build(
+            row.invitation, sender=self._sender, sent_at=self._clock.now()
+        )
         try:
             await self._transport.send(msg, key)
         except Exception as exc:
@@ -208,4 +209,3 @@ class DeliveryWorker:
                 .where(outbox.c.id == outbox_id, outbox.c.claim == claim)
                 .values(locked_until=None, claim=None, **values)
             )
-

@@ -69,15 +69,18 @@ def html_body(inv: Invitation) -> str:
 def build(inv: Invitation, *, sender: str, sent_at: datetime) -> EmailMessage:
     """Return the invitation as a multipart/alternative message."""
     msg = EmailMessage(policy=policy.SMTPUTF8 if inv.smtputf8 else policy.SMTP)
-    display = inv.first_name if not inv.last_name else f"{inv.first_name} {inv.last_name}"
+    display = (
+        inv.first_name if not inv.last_name else f"{inv.first_name} {inv.last_name}"
+    )
     local, _, domain = inv.to_email.rpartition("@")
     msg["Subject"] = f"{inv.first_name}, your family plan is ready"
     msg["From"] = sender
     msg["To"] = Address(display_name=display, username=local, domain=domain)
     msg["Date"] = format_datetime(sent_at)
     msg["Message-ID"] = make_msgid(domain=_sender_domain(sender))
-    msg.set_content(text_body(inv))
-    msg.add_alternative(html_body(inv), subtype="html")
+    # Quoted-printable keeps the message 7-bit clean for any relay.
+    msg.set_content(text_body(inv), cte="quoted-printable")
+    msg.add_alternative(html_body(inv), subtype="html", cte="quoted-printable")
     return msg
 
 

@@ -91,8 +91,7 @@ def check_text(field: str, value: str, limit: int) -> None:
 
 def has_forbidden(value: str) -> bool:
     return any(
-        unicodedata.category(c) in _FORBIDDEN_CATEGORIES or c == "\ufeff"
-        for c in value
+        unicodedata.category(c) in _FORBIDDEN_CATEGORIES or c == "\ufeff" for c in value
     )
 
 
@@ -107,9 +106,7 @@ def normalise_email(email: str) -> tuple[str, str, bool]:
     if len(email) > MAX_EMAIL or email != email.strip() or has_forbidden(email):
         raise invalid
     try:
-        checked = validate_email(
-            email, check_deliverability=False, allow_smtputf8=True
-        )
+        checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
         raise invalid from None
     key = f"{checked.local_part.casefold()}@{checked.ascii_domain}"

@@ -86,9 +86,13 @@ def list_licenses(
         query = query.where(partners.c.name == partner)
     now = clock.now()
     with engine.connect() as conn:
-        if partner is not None and conn.execute(
-            select(partners.c.id).where(partners.c.name == partner)
-        ).first() is None:
+        if (
+            partner is not None
+            and conn.execute(
+                select(partners.c.id).where(partners.c.name == partner)
+            ).first()
+            is None
+        ):
             raise NotFoundError(f"no partner named {partner!r}")
         return [_record(row, now) for row in conn.execute(query)]
 

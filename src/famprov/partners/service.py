@@ -76,9 +76,7 @@ def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
             raise OperatorError(f"partner {name!r} already exists")
         now = clock.now()
         row_id = conn.execute(
-            insert(partners).values(
-                name=name, salt=salt, enabled=True, created_at=now
-            )
+            insert(partners).values(name=name, salt=salt, enabled=True, created_at=now)
         ).inserted_primary_key
         assert row_id is not None
     return Partner(row_id[0], name, Secret(salt), True, now)

@@ -116,10 +116,9 @@ class BatchWriter(Generic[J, R]):
     def _write_batch(self, batch: list[_Item[J, R]]) -> None:
         outcomes: list[tuple[_Item[J, R], R | FamprovError]] = []
         try:
-            with self._engine.connect().execution_options(**WRITE) as conn:
-                with conn.begin():
-                    for item in batch:
-                        outcomes.append((item, self._apply_one(conn, item.job)))
+            with self._connect() as conn, conn.begin():
+                for item in batch:
+                    outcomes.append((item, self._apply_one(conn, item.job)))
         except Exception as exc:
             log.warning(
                 "writer_batch_failed",
@@ -133,6 +132,9 @@ class BatchWriter(Generic[J, R]):
         for item, outcome in outcomes:
             _resolve(item.future, outcome)
 
+    def _connect(self) -> Connection:
+        return self._engine.connect().execution_options(**WRITE)
+
     def _apply_one(self, conn: Connection, job: J) -> R | FamprovError:
         try:
             return self._apply(conn, job)
@@ -143,9 +145,8 @@ class BatchWriter(Generic[J, R]):
         """Write one job in its own transaction, retrying lost races."""
         for attempt in range(self._retries + 1):
             try:
-                with self._engine.connect().execution_options(**WRITE) as conn:
-                    with conn.begin():
-                        outcome = self._apply_one(conn, item.job)
+                with self._connect() as conn, conn.begin():
+                    outcome = self._apply_one(conn, item.job)
             except (IntegrityError, OperationalError) as exc:
                 # A unique key taken by another process between our read and
                 # our insert, or a busy database: read again and retry.

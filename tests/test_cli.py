@@ -1,0 +1,236 @@
+"""The operator's and the partner's CLI, on the same store as the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from famprov.cli import main
+from famprov.partners.hashing import compute_hash
+from support import V1_PATH, Partner
+
+FAMPROV = str(Path(sys.executable).with_name("famprov"))
+
+
+def cli(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def famprov(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FAMPROV, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_partner_add_generates_a_salt_and_prints_it_once(
+    env: dict[str, str], server, http: httpx.Client
+) -> None:
+    added = cli("partner", "add", "Acme MSP")
+    assert added.exit_code == 0, added.output
+    [salt] = [
+        line.removeprefix("salt: ")
+        for line in added.output.splitlines()
+        if line.startswith("salt: ")
+    ]
+    assert len(salt) >= 40
+
+    params = {
+        "transaction_id": "1",
+        "first_name": "Ann",
+        "email": "ann@example.com",
+        "hash": compute_hash("ann@example.com", salt),
+        "partner_name": "Acme MSP",
+    }
+    assert http.get(V1_PATH, params=params).status_code == 200
+    listed = cli("partner", "list")
+    assert salt not in listed.output
+    assert "Acme MSP" in listed.output
+
+
+def test_partner_add_with_given_salt_prints_no_salt(env: dict[str, str]) -> None:
+    result = cli("partner", "add", "acme", "--salt", "given-salt-0123456789")
+    assert result.exit_code == 0
+    assert "given-salt-0123456789" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("salt", "problem"),
+    [
+        (" padded-salt-0123456789", "white space"),
+        ("padded-salt-0123456789 ", "white space"),
+        ("short", "16 to 256 characters"),
+    ],
+)
+def test_partner_add_refuses_a_bad_salt(
+    env: dict[str, str], salt: str, problem: str
+) -> None:
+    result = cli("partner", "add", "acme", "--salt", salt)
+    assert result.exit_code != 0
+    assert problem in result.output
+    assert "Traceback" not in result.output
+    assert cli("partner", "list", "--json").stdout.strip() == "[]"
+
+
+def test_salt_file_loses_its_trailing_newline(
+    env: dict[str, str], tmp_path: Path, server, http: httpx.Client
+) -> None:
+    salt_file = tmp_path / "salt.txt"
+    salt_file.write_text("file-salt-0123456789abcdef\n")
+    assert cli("partner", "add", "acme", "--salt-file", str(salt_file)).exit_code == 0
+
+    params = Partner("acme", "file-salt-0123456789abcdef").params()
+    assert http.get(V1_PATH, params=params).status_code == 200
+
+
+def test_partner_list_json_and_disable(env: dict[str, str], partner: Partner) -> None:
+    [listed] = json.loads(cli("partner", "list", "--json").stdout)
+    assert listed["name"] == "acme"
+    assert listed["enabled"] is True
+    assert listed["licenses"] == 0
+
+    assert cli("partner", "disable", "acme").exit_code == 0
+    [listed] = json.loads(cli("partner", "list", "--json").stdout)
+    assert listed["enabled"] is False
+
+
+def test_duplicate_partner_is_one_line_error(
+    env: dict[str, str], partner: Partner
+) -> None:
+    result = famprov("partner", "add", "acme", env=env)
+    assert result.returncode == 1
+    assert result.stderr == "famprov: error: partner 'acme' already exists\n"
+
+
+def test_license_list_json_shows_what_the_server_wrote(
+    env: dict[str, str], partner: Partner, http: httpx.Client
+) -> None:
+    body = http.get(V1_PATH, params=partner.params()).json()
+    result = famprov("license", "list", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)
+    assert record["order_number"] == body["order_number"]
+    assert record["partner_name"] == "acme"
+    assert record["transaction_id"] == "0001"
+    assert record["email"] == "ann@example.com"
+    assert (record["first_name"], record["last_name"]) == ("Ann", "Lee")
+    assert record["status"] == "invited"
+    assert record["products"] == [
+        "family_plan",
+        "dark_web_monitoring",
+        "file_storage_10gb",
+    ]
+    assert record["starts_at"] == "2026-03-10T09:30:00+00:00"
+    assert record["expires_at"] == "2027-03-10T09:30:00+00:00"
+
+
+def test_license_list_filters_by_partner(
+    env: dict[str, str], partner: Partner, http: httpx.Client
+) -> None:
+    http.get(V1_PATH, params=partner.params())
+    assert (
+        cli("partner", "add", "other", "--salt", "other-salt-0123456789").exit_code == 0
+    )
+
+    assert (
+        len(json.loads(cli("license", "list", "--partner", "acme", "--json").stdout))
+        == 1
+    )
+    assert (
+        json.loads(cli("license", "list", "--partner", "other", "--json").stdout) == []
+    )
+    unknown = cli("license", "list", "--partner", "nobody")
+    assert unknown.exit_code == 1
+    assert "no partner named 'nobody'" in unknown.output
+
+
+def test_license_show_and_revoke(
+    env: dict[str, str], partner: Partner, http: httpx.Client
+) -> None:
+    order = http.get(V1_PATH, params=partner.params()).json()["order_number"]
+
+    shown = cli("license", "show", order)
+    assert shown.exit_code == 0
+    assert "Dark-web monitoring" in shown.output
+    assert "invited" in shown.output
+
+    revoked = json.loads(cli("license", "revoke", order, "--json").stdout)
+    assert revoked["status"] == "revoked"
+    again = http.get(V1_PATH, params=partner.params(transaction_id="0002"))
+    assert again.status_code == 200
+
+
+def test_license_show_unknown_is_one_line_without_traceback(
+    env: dict[str, str],
+) -> None:
+    result = famprov("license", "show", "00000000-0000", env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "famprov: error: no license with order number '00000000-0000'\n"
+    )
+
+
+def test_bad_setting_is_one_line_naming_it(env: dict[str, str]) -> None:
+    result = famprov(
+        "license", "list", env={**env, "FAMPROV_DATABASE_URL": "mysql://x/y"}
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("famprov: error: setting FAMPROV_DATABASE_URL")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_provision_prints_order_and_vault_url(
+    env: dict[str, str], partner: Partner, server
+) -> None:
+    args = [
+        "provision", "--url", server.url, "--partner", "acme", "--salt", partner.salt,
+        "--transaction-id", "p-1", "--first-name", "Ann", "--last-name", "Lee",
+        "--email", "ann+kids@example.com",
+    ]  # fmt: skip
+    result = famprov(*args, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "order number: " in result.stdout
+    assert "vault URL:    http://famprov.test/invite/" in result.stdout
+    listed = json.loads(cli("license", "list", "--json").stdout)
+    assert listed[0]["email"] == "ann+kids@example.com"
+
+
+def test_provision_prints_the_servers_refusal(
+    env: dict[str, str], partner: Partner, server, tmp_path: Path
+) -> None:
+    salt_file = tmp_path / "salt"
+    salt_file.write_text("not-the-right-salt-at-all\n")
+    args = [
+        "provision", "--url", server.url, "--partner", "acme",
+        "--salt-file", str(salt_file), "--transaction-id", "p-1",
+        "--first-name", "Ann", "--email", "ann@example.com",
+    ]  # fmt: skip
+    result = famprov(*args, env=env)
+
+    assert result.returncode == 1
+    assert result.stderr == "famprov: error: Invalid Hash Value - UnAuthorized\n"
+
+
+def test_provision_against_nothing_fails_cleanly(env: dict[str, str]) -> None:
+    args = [
+        "provision", "--url", "http://127.0.0.1:9", "--partner", "acme",
+        "--salt", "some-salt-0123456789", "--transaction-id", "p-1",
+        "--first-name", "Ann", "--email", "ann@example.com", "--retries", "0",
+    ]  # fmt: skip
+    result = famprov(*args, env=env)
+
+    assert result.returncode == 3
+    assert result.stderr.startswith("famprov: error: server unreachable")
+    assert "some-salt-0123456789" not in result.stderr

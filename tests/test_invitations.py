@@ -1,0 +1,153 @@
+"""Invitation emails: what they say, and that none is lost or sent twice."""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import subprocess
+import sys
+import time
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+from sqlalchemy import Engine
+
+from famprov.config import Settings
+from famprov.store.schema import outbox
+from support import V1_PATH, Partner, mail_files, rows, wait_for
+
+
+def read_mail(path: Path) -> EmailMessage:
+    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_invitation_greets_lists_products_expiry_and_link(
+    http: httpx.Client, partner: Partner, settings: Settings, engine: Engine
+) -> None:
+    body = http.get(V1_PATH, params=partner.params()).json()
+
+    [path] = wait_for(lambda: mail_files(settings))
+    message = read_mail(path)
+    assert message["To"].addresses[0].addr_spec == "ann@example.com"
+    assert message["To"].addresses[0].display_name == "Ann Lee"
+    assert message["Message-ID"]
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert text.startswith("Hello Ann,")
+    for product in ("Family plan for up to 5 members", "Dark-web monitoring", "10 GB"):
+        assert product in text
+        assert product in html
+    assert "10 March 2027" in text  # the test clock stands at 10 March 2026
+    assert body["vault_url"] in text
+    assert body["vault_url"] in html
+    wait_for(lambda: rows(engine, outbox)[0].status == "sent")
+
+
+def test_names_in_any_script_are_encoded_and_read_back(
+    http: httpx.Client, partner: Partner, settings: Settings
+) -> None:
+    params = partner.params(first_name="Зоя", last_name="李")
+    assert http.get(V1_PATH, params=params).status_code == 200
+
+    [path] = wait_for(lambda: mail_files(settings))
+    raw = path.read_bytes()
+    assert raw.isascii()  # RFC 2047 encoded words, no raw UTF-8 in headers
+    message = read_mail(path)
+    assert message["Subject"] == "Зоя, your family plan is ready"
+    assert message["To"].addresses[0].display_name == "Зоя 李"
+
+
+def test_internationalised_domain_is_addressed_in_its_ascii_form(
+    http: httpx.Client, partner: Partner, settings: Settings
+) -> None:
+    params = partner.params(email="ann@bücher.example")
+    assert http.get(V1_PATH, params=params).status_code == 200
+
+    [path] = wait_for(lambda: mail_files(settings))
+    assert read_mail(path)["To"].addresses[0].domain == "xn--bcher-kva.example"
+
+
+def _serve(env: dict[str, str], port: int, *extra: str) -> subprocess.Popen[bytes]:
+    famprov = Path(sys.executable).with_name("famprov")
+    proc = subprocess.Popen(
+        [str(famprov), "serve", "--port", str(port), *extra],
+        env={**os.environ, **env, "FAMPROV_LOG_FORMAT": "json"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout=15)
+    return proc
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_invitation_queued_before_a_crash_is_delivered_after_restart(
+    env: dict[str, str], partner: Partner, settings: Settings, engine: Engine
+) -> None:
+    port = free_port()
+    api = _serve(env, port, "--no-delivery")
+    try:
+        url = f"http://127.0.0.1:{port}{V1_PATH}"
+        assert httpx.get(url, params=partner.params()).status_code == 200
+        time.sleep(0.3)
+        assert mail_files(settings) == []
+    finally:
+        api.send_signal(signal.SIGKILL)
+        api.wait()
+
+    restarted = _serve(env, port)
+    try:
+        wait_for(lambda: mail_files(settings), timeout=10)
+        assert httpx.get(url, params=partner.params()).status_code == 200  # replay
+        wait_for(lambda: rows(engine, outbox)[0].status == "sent")
+        time.sleep(0.3)
+        assert len(mail_files(settings)) == 1
+        assert len(rows(engine, outbox)) == 1
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
+
+
+def test_revoked_before_delivery_sends_nothing(
+    env: dict[str, str], partner: Partner, settings: Settings, engine: Engine
+) -> None:
+    from click.testing import CliRunner
+
+    from famprov.cli import main
+
+    port = free_port()
+    api = _serve(env, port, "--no-delivery")
+    try:
+        url = f"http://127.0.0.1:{port}{V1_PATH}"
+        order = httpx.get(url, params=partner.params()).json()["order_number"]
+    finally:
+        api.terminate()
+        api.wait(10)
+    assert CliRunner().invoke(main, ["license", "revoke", order]).exit_code == 0
+
+    restarted = _serve(env, port)
+    try:
+        wait_for(lambda: rows(engine, outbox)[0].status == "cancelled")
+        assert mail_files(settings) == []
+    finally:
+        restarted.terminate()
+        restarted.wait(10)

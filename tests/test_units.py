@@ -1,0 +1,86 @@
+"""Small pure functions, tested directly."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from famprov.api.partner_v1 import parse_query
+from famprov.errors import DuplicateParameterError, InvalidRequestError
+from famprov.licenses.service import new_order_number
+from famprov.licenses.terms import years_after
+from famprov.logs import Secret, redact_email
+from famprov.partners.hashing import compute_hash, verify_hash
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ("2028-02-29T10:00:00+00:00", "2029-02-28T10:00:00+00:00"),
+        ("2027-02-28T10:00:00+00:00", "2028-02-28T10:00:00+00:00"),
+        ("2026-12-31T23:59:59+00:00", "2027-12-31T23:59:59+00:00"),
+    ],
+)
+def test_one_year_term(start: str, end: str) -> None:
+    assert years_after(datetime.fromisoformat(start), 1).isoformat() == end
+
+
+def test_term_is_computed_in_utc_whatever_the_offset() -> None:
+    # 1 March 01:00 at +02:00 is 28 February 23:00 UTC in a non-leap year.
+    start = datetime(2027, 3, 1, 1, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert years_after(start, 1) == datetime(2028, 2, 28, 23, 0, tzinfo=UTC)
+
+
+def test_hash_is_the_vendor_recipe() -> None:
+    expected = hashlib.sha256(b"ann@example.com" + b"salt-value").hexdigest()
+    assert compute_hash("ann@example.com", "salt-value") == expected
+    assert verify_hash("ann@example.com", "salt-value", expected.upper())
+    assert not verify_hash("ann@example.com", None, expected)
+
+
+@given(email=st.text(min_size=1, max_size=254), salt=st.text(min_size=1, max_size=64))
+def test_hash_verifies_for_any_text_and_only_for_it(email: str, salt: str) -> None:
+    digest = compute_hash(email, salt)
+    assert verify_hash(email, salt, digest)
+    assert not verify_hash(email + "x", salt, digest)
+
+
+def test_redact_email() -> None:
+    assert redact_email("ann@example.com") == "a***@example.com"
+    assert redact_email("no-at-sign") == "***"
+
+
+def test_secret_hides_itself() -> None:
+    secret = Secret("hunter2-hunter2")
+    assert "hunter2" not in repr(secret) + str(secret) + f"{secret}"
+    assert secret.reveal() == "hunter2-hunter2"
+
+
+def test_parse_query_decodes_raw_and_percent_encoded_utf8() -> None:
+    parsed = parse_query("first_name=Zo%C3%AB&last_name=Lë&email=a+b".encode())
+    assert parsed == {"first_name": "Zoë", "last_name": "Lë", "email": "a b"}
+
+
+def test_parse_query_refuses_repeats_and_bad_bytes() -> None:
+    with pytest.raises(DuplicateParameterError):
+        parse_query(b"email=a&email=b")
+    with pytest.raises(InvalidRequestError):
+        parse_query(b"email=%ff")
+    with pytest.raises(InvalidRequestError):
+        parse_query(b"&".join(b"x%d=1" % i for i in range(100)))
+
+
+def test_parse_query_ignores_unknown_parameters() -> None:
+    assert parse_query(b"email=a&extra=1&extra=2") == {"email": "a"}
+
+
+def test_order_numbers_are_shaped_and_spread() -> None:
+    numbers = {new_order_number() for _ in range(2000)}
+    assert len(numbers) == 2000
+    assert all(
+        len(n) == 13 and n[8] == "-" and n.replace("-", "").isdigit() for n in numbers
+    )
