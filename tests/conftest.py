@@ -1,27 +1,77 @@
-"""Fixtures: a real store on disk and a real server on loopback."""
+"""Fixtures: a real store (SQLite and PostgreSQL) and a real server on loopback.
+
+Every test that takes ``settings`` runs twice, once per store. A PostgreSQL
+test gets a schema of its own in the test database, migrated from scratch,
+and dropped afterwards.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, text
+from support import SALT, LiveServer, Partner
 
 from famprov import logs
 from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.partners.service import add_partner
-from famprov.store import create_schema, open_engine
-from support import SALT, LiveServer, Partner
+from famprov.store import open_engine
+from famprov.store.migrate import upgrade
+
+POSTGRES_URL = os.environ.get(
+    "FAMPROV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The in-process servers log as the real one does: through logging, to
+    # stderr, where pytest captures it.
+    logs.configure("json", "info")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Engine]:
+    """The test database; skipped when unreachable, except under CI."""
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        reason = f"PostgreSQL unreachable at {POSTGRES_URL}: {type(exc).__name__}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/famprov.db"
+        return
+    admin: Engine = request.getfixturevalue("postgres")
+    schema = f"test_{secrets.token_hex(6)}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{POSTGRES_URL}?options={quote(f'-csearch_path={schema}')}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/famprov.db",
+        database_url=database_url,
         mail_url=f"file://{tmp_path}/mail",
         public_url="http://famprov.test",
         partner_cache_seconds=0,
@@ -30,8 +80,11 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The same settings as environment variables, for the CLI and subprocesses."""
+def env(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The settings as environment variables, for the CLI and subprocesses,
+    on a store that is migrated, as an operator leaves it."""
     values = {
         "FAMPROV_DATABASE_URL": settings.database_url,
         "FAMPROV_MAIL_URL": settings.mail_url,
@@ -47,7 +100,7 @@ def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
     engine = open_engine(settings.database)
-    create_schema(engine)
+    upgrade(engine)
     yield engine
     engine.dispose()
 
@@ -75,9 +128,3 @@ def server(
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # The in-process servers log as the real one does: through logging, to
-    # stderr, where pytest captures it.
-    logs.configure("json", "info")

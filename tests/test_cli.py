@@ -60,7 +60,7 @@ def test_partner_add_generates_a_salt_and_prints_it_once(
 
 def test_partner_add_with_given_salt_prints_no_salt(env: dict[str, str]) -> None:
     result = cli("partner", "add", "acme", "--salt", "given-salt-0123456789")
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.output
     assert "given-salt-0123456789" not in result.output
 
 

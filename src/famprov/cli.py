@@ -30,7 +30,7 @@ from famprov.licenses import records
 from famprov.licenses.plans import product_name
 from famprov.partners import service as partners
 from famprov.partners.hashing import compute_hash
-from famprov.store import create_schema, open_engine
+from famprov.store import migrate, open_engine
 
 DEMO_PARTNER = "demo"
 
@@ -78,9 +78,11 @@ def load_settings() -> Settings:
 
 
 def store() -> tuple[Settings, Engine]:
+    """The settings and a ready store, closed when the command ends."""
     settings = load_settings()
     engine = open_engine(settings.database)
-    create_schema(engine)
+    click.get_current_context().call_on_close(engine.dispose)
+    migrate.prepare(engine)
     return settings, engine
 
 

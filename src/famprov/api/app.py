@@ -23,7 +23,8 @@ from famprov.invitations.delivery import DeliveryWorker
 from famprov.licenses.service import GrantService
 from famprov.logs import log
 from famprov.partners.service import PartnerDirectory
-from famprov.store import create_schema, is_reachable, open_engine
+from famprov.store import is_reachable, open_engine
+from famprov.store.migrate import prepare
 
 
 async def healthz(request: Request) -> Response:
@@ -49,7 +50,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = open_engine(settings.database)
-        await asyncio.to_thread(create_schema, engine)
+        await asyncio.to_thread(prepare, engine)
         delivery = DeliveryWorker(
             engine,
             transports.from_settings(settings),

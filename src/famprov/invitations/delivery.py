@@ -131,7 +131,15 @@ class DeliveryWorker:
             outbox.c.next_attempt_at <= now,
             or_(outbox.c.locked_until.is_(None), outbox.c.locked_until <= now),
         )
-        ids = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(self._batch)
+        # Concurrent workers on PostgreSQL skip each other's rows instead of
+        # queueing on them; SQLite has one writer and ignores the clause.
+        ids = (
+            select(outbox.c.id)
+            .where(due)
+            .order_by(outbox.c.id)
+            .limit(self._batch)
+            .with_for_update(skip_locked=True)
+        )
         with self._engine.connect().execution_options(**WRITE) as conn, conn.begin():
             conn.execute(
                 update(outbox)

@@ -12,10 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
-
-from famprov.store.schema import metadata
 
 _SYNC_DRIVERS = {
     "sqlite": "sqlite+pysqlite",
@@ -66,11 +64,6 @@ def open_engine(url: URL, *, echo: bool = False) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    """Create any missing tables."""
-    metadata.create_all(engine)
-
-
 def is_reachable(engine: Engine) -> bool:
     """True when the database answers a trivial query."""
     try:
@@ -79,7 +72,3 @@ def is_reachable(engine: Engine) -> bool:
     except Exception:
         return False
     return True
-
-
-def has_schema(engine: Engine) -> bool:
-    return inspect(engine).has_table("licenses")

@@ -115,4 +115,5 @@ outbox = Table(
     Column("sent_at", UTCDateTime),
     Column("last_error", Text),
     Index("ix_outbox_due", "status", "next_attempt_at"),
+    Index("ix_outbox_claim", "claim"),
 )

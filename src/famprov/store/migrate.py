@@ -1,0 +1,73 @@
+"""Schema migrations, owned by Alembic and run through famprov's own engine.
+
+The embedded SQLite store upgrades itself on first use. A PostgreSQL store is
+shared by many hosts, so famprov never changes it on its own: the operator
+runs ``famprov db upgrade``, and a server or command that finds the database
+behind its migrations refuses to start and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+
+from famprov.errors import FamprovError
+from famprov.store.schema import metadata
+
+
+class StoreNotReadyError(FamprovError):
+    """The database is missing famprov's tables, or is behind them."""
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", "famprov.store:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def current(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), revision)
+
+
+def differences(engine: Engine) -> list[Any]:
+    """What the database lacks or holds beyond the models; empty when they agree."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
+def require_current(engine: Engine) -> None:
+    found = current(engine)
+    if found != head():
+        state = "has no famprov tables" if found is None else "is behind famprov"
+        raise StoreNotReadyError(
+            f"the database {state}: run `famprov db upgrade` first"
+        )
+
+
+def prepare(engine: Engine) -> None:
+    """Make the store usable: upgrade SQLite, require PostgreSQL be current."""
+    if engine.dialect.name == "sqlite":
+        if current(engine) != head():
+            upgrade(engine)
+        return
+    require_current(engine)
