@@ -17,7 +17,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from support import SALT, LiveServer, Partner
 
 from famprov import logs
 from famprov.clock import FixedClock
@@ -25,6 +24,7 @@ from famprov.config import Settings
 from famprov.partners.service import add_partner
 from famprov.store import open_engine
 from famprov.store.migrate import upgrade
+from support import SALT, LiveServer, Partner
 
 POSTGRES_URL = os.environ.get(
     "FAMPROV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
