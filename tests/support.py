@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import uvicorn
 from sqlalchemy import Engine, Table, select
 
@@ -101,3 +106,76 @@ def vendor_url(base: str, params: dict[str, str], path: str = V1_PATH) -> str:
 def rows(engine: Engine, table: Table) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(table)))
+
+
+FAMPROV = str(Path(sys.executable).with_name("famprov"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+class ServerProcess:
+    """``famprov serve`` (or another famprov command) as a child process."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *args: str,
+        command: str = "serve",
+        log: Path | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = command
+        argv = [FAMPROV, command]
+        if command == "serve":
+            argv += ["--port", str(self.port)]
+        self.log = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop
+        self.proc = subprocess.Popen(
+            [*argv, *args],
+            env={**os.environ, **env, "FAMPROV_LOG_FORMAT": "json"},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log or subprocess.DEVNULL,
+        )
+
+    def wait_ready(self, timeout: float = 20) -> ServerProcess:
+        if self.command == "serve":
+            wait_for(lambda: answers(self.url + "/healthz"), timeout=timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, no goodbye."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._close_log()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

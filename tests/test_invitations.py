@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import email
-import os
-import signal
-import subprocess
-import sys
 import time
 from email import policy
 from email.message import EmailMessage
@@ -17,7 +13,7 @@ from sqlalchemy import Engine
 
 from famprov.config import Settings
 from famprov.store.schema import outbox
-from support import V1_PATH, Partner, mail_files, rows, wait_for
+from support import V1_PATH, Partner, ServerProcess, mail_files, rows, wait_for
 
 
 def read_mail(path: Path) -> EmailMessage:
@@ -72,59 +68,26 @@ def test_internationalised_domain_is_addressed_in_its_ascii_form(
     assert read_mail(path)["To"].addresses[0].domain == "xn--bcher-kva.example"
 
 
-def _serve(env: dict[str, str], port: int, *extra: str) -> subprocess.Popen[bytes]:
-    famprov = Path(sys.executable).with_name("famprov")
-    proc = subprocess.Popen(
-        [str(famprov), "serve", "--port", str(port), *extra],
-        env={**os.environ, **env, "FAMPROV_LOG_FORMAT": "json"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/healthz"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, timeout=15)
-    return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_invitation_queued_before_a_crash_is_delivered_after_restart(
     env: dict[str, str], partner: Partner, settings: Settings, engine: Engine
 ) -> None:
-    port = free_port()
-    api = _serve(env, port, "--no-delivery")
+    api = ServerProcess(env, "--no-delivery").wait_ready()
     try:
-        url = f"http://127.0.0.1:{port}{V1_PATH}"
+        url = api.url + V1_PATH
         assert httpx.get(url, params=partner.params()).status_code == 200
         time.sleep(0.3)
         assert mail_files(settings) == []
     finally:
-        api.send_signal(signal.SIGKILL)
-        api.wait()
+        api.kill()
 
-    restarted = _serve(env, port)
-    try:
+    with ServerProcess(env) as restarted:
         wait_for(lambda: mail_files(settings), timeout=10)
-        assert httpx.get(url, params=partner.params()).status_code == 200  # replay
+        replay = httpx.get(restarted.url + V1_PATH, params=partner.params())
+        assert replay.status_code == 200
         wait_for(lambda: rows(engine, outbox)[0].status == "sent")
         time.sleep(0.3)
         assert len(mail_files(settings)) == 1
         assert len(rows(engine, outbox)) == 1
-    finally:
-        restarted.terminate()
-        restarted.wait(10)
 
 
 def test_revoked_before_delivery_sends_nothing(
@@ -134,20 +97,11 @@ def test_revoked_before_delivery_sends_nothing(
 
     from famprov.cli import main
 
-    port = free_port()
-    api = _serve(env, port, "--no-delivery")
-    try:
-        url = f"http://127.0.0.1:{port}{V1_PATH}"
+    with ServerProcess(env, "--no-delivery") as api:
+        url = api.url + V1_PATH
         order = httpx.get(url, params=partner.params()).json()["order_number"]
-    finally:
-        api.terminate()
-        api.wait(10)
     assert CliRunner().invoke(main, ["license", "revoke", order]).exit_code == 0
 
-    restarted = _serve(env, port)
-    try:
+    with ServerProcess(env):
         wait_for(lambda: rows(engine, outbox)[0].status == "cancelled")
         assert mail_files(settings) == []
-    finally:
-        restarted.terminate()
-        restarted.wait(10)

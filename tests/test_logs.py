@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from famprov.config import Settings
 from famprov.partners.hashing import compute_hash
-from support import V1_PATH, Partner, mail_files, vendor_url, wait_for
-from test_invitations import free_port
+from support import V1_PATH, Partner, ServerProcess, mail_files, vendor_url, wait_for
 
 
 def test_full_run_logs_no_secret_and_no_unredacted_email(
     env: dict[str, str], partner: Partner, settings: Settings, tmp_path: Path
 ) -> None:
-    port = free_port()
     log_path = tmp_path / "server.log"
-    famprov = Path(sys.executable).with_name("famprov")
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [str(famprov), "serve", "--port", str(port)],
-            env={**os.environ, **env, "FAMPROV_LOG_FORMAT": "json"},
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(env, log=log_path)
+    base = server.url
     try:
-        wait_for(lambda: _up(base), timeout=15)
+        server.wait_ready()
         emails = ["ann.lee@example.com", "bob+x@example.org"]
         sent = [
             httpx.get(base + V1_PATH, params=partner.params(email=emails[0])),
@@ -50,8 +38,7 @@ def test_full_run_logs_no_secret_and_no_unredacted_email(
         assert [r.status_code for r in sent] == [200, 200, 200, 401, 400, 404]
         wait_for(lambda: len(mail_files(settings)) == 2)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
     text = log_path.read_text()
     tokens = [r.json()["vault_url"].rsplit("/", 1)[1] for r in sent[:3]]
@@ -79,10 +66,3 @@ def test_full_run_logs_no_secret_and_no_unredacted_email(
         (404, None, None),
     ]
     assert len({r["request_id"] for r in requests}) == len(requests)
-
-
-def _up(base: str) -> bool:
-    try:
-        return httpx.get(base + "/healthz").status_code == 200
-    except httpx.TransportError:
-        return False

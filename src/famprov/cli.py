@@ -6,9 +6,12 @@ server. Errors are one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shlex
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +29,10 @@ from famprov import __version__, client, logs
 from famprov.clock import SystemClock
 from famprov.config import Settings
 from famprov.errors import FamprovError
+from famprov.invitations.delivery import DeliveryWorker
 from famprov.licenses import records
 from famprov.licenses.plans import product_name
+from famprov.logs import log
 from famprov.partners import service as partners
 from famprov.partners.hashing import compute_hash
 from famprov.store import migrate, open_engine
@@ -77,12 +82,17 @@ def load_settings() -> Settings:
     return Settings()
 
 
-def store() -> tuple[Settings, Engine]:
-    """The settings and a ready store, closed when the command ends."""
+def store(*, prepare: bool = True) -> tuple[Settings, Engine]:
+    """The settings and the store, closed when the command ends.
+
+    The store is made ready first (`famprov.store.migrate.prepare`) unless
+    ``prepare`` is false, as for the commands that migrate it.
+    """
     settings = load_settings()
     engine = open_engine(settings.database)
     click.get_current_context().call_on_close(engine.dispose)
-    migrate.prepare(engine)
+    if prepare:
+        migrate.prepare(engine)
     return settings, engine
 
 
@@ -100,30 +110,96 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Serving processes (PostgreSQL only above 1).",
+)
+@click.option(
     "--no-delivery", is_flag=True, help="Serve the API but send no invitation."
 )
-def serve(host: str, port: int, no_delivery: bool) -> None:
+def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
     """Run the service."""
     import uvicorn
 
-    from famprov.api.app import create_app
-
     settings, engine = store()
     logs.configure(settings.log_format, settings.log_level)
+    if workers > 1 and settings.is_embedded:
+        fail(
+            "the embedded SQLite store takes one serving process; "
+            "set FAMPROV_DATABASE_URL to a PostgreSQL database for --workers above 1",
+            2,
+        )
     if settings.is_embedded and partners.count_partners(engine) == 0:
         salt = partners.generate_salt()
         partners.add_partner(engine, SystemClock(), DEMO_PARTNER, salt)
         print_demo(DEMO_PARTNER, salt, f"http://{host}:{port}")
     engine.dispose()
+    if no_delivery:
+        # The serving processes read their settings from the environment.
+        os.environ["FAMPROV_DELIVERY"] = "false"
     uvicorn.run(
-        create_app(settings, deliver=not no_delivery),
+        "famprov.api.app:from_environment",
+        factory=True,
         host=host,
         port=port,
+        workers=workers,
         access_log=False,
         log_config=None,
         server_header=False,
+        ws="none",
         lifespan="on",
     )
+
+
+@main.command()
+def worker() -> None:
+    """Deliver invitations, and serve nothing: for delivery-only hosts."""
+    settings, engine = store()
+    logs.configure(settings.log_format, settings.log_level)
+    delivery = DeliveryWorker.from_settings(settings, engine, SystemClock())
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, delivery.stop)
+        log.info("worker_started", database=settings.database_display)
+        await delivery.run()
+        log.info("worker_stopped")
+
+    asyncio.run(run())
+
+
+@main.group()
+def db() -> None:
+    """Migrate and check the store's schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration the database lacks."""
+    _, engine = store(prepare=False)
+    before = migrate.current(engine)
+    migrate.upgrade(engine)
+    after = migrate.current(engine)
+    if before == after:
+        click.echo(f"database already at {after}")
+    else:
+        click.echo(f"database upgraded from {before or 'nothing'} to {after}")
+
+
+@db.command("check")
+def db_check() -> None:
+    """Fail when the database and famprov's models disagree."""
+    _, engine = store(prepare=False)
+    migrate.require_current(engine)
+    diffs = migrate.differences(engine)
+    if diffs:
+        for diff in diffs:
+            click.echo(f"  {diff}", err=True)
+        fail(f"the database differs from the models in {len(diffs)} place(s)")
+    click.echo(f"database at {migrate.head()}, matching the models")
 
 
 def own_command() -> str:

@@ -49,7 +49,17 @@ class Settings(BaseSettings):
         description="How long a partner's record is reused before it is read "
         "again; a disabled partner is refused at the latest this much later.",
     )
+    delivery: bool = Field(
+        True,
+        description="Whether a serving process also delivers invitations.",
+    )
     delivery_poll_seconds: float = Field(1.0, gt=0)
+    delivery_lease_seconds: float = Field(
+        300,
+        gt=0,
+        description="How long a claimed invitation is held before another "
+        "worker may take it over.",
+    )
     delivery_max_attempts: int = Field(12, ge=1)
     writer_batch_size: int = Field(256, ge=1, le=10_000)
 

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from famprov import logs
 from famprov.api import partner_v1
 from famprov.api.errors import HANDLERS, failure
 from famprov.api.middleware import RequestLogMiddleware
 from famprov.clock import Clock, SystemClock
 from famprov.config import Settings
-from famprov.invitations import transports
 from famprov.invitations.delivery import DeliveryWorker
 from famprov.licenses.service import GrantService
 from famprov.logs import log
@@ -38,28 +38,23 @@ async def readyz(request: Request) -> Response:
     return failure(503, "Database unreachable")
 
 
-def create_app(
-    settings: Settings,
-    *,
-    clock: Clock | None = None,
-    deliver: bool = True,
-) -> Starlette:
+def from_environment() -> Starlette:
+    """The app for ``uvicorn --factory``: each serving process builds its own."""
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    return create_app(settings)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
     """Build the service; the store opens and the workers start on startup."""
     clock = clock or SystemClock()
+    deliver = settings.delivery
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = open_engine(settings.database)
         await asyncio.to_thread(prepare, engine)
-        delivery = DeliveryWorker(
-            engine,
-            transports.from_settings(settings),
-            clock,
-            public_url=settings.public_url,
-            sender=settings.mail_from,
-            max_attempts=settings.delivery_max_attempts,
-            poll_seconds=settings.delivery_poll_seconds,
-        )
+        delivery = DeliveryWorker.from_settings(settings, engine, clock)
         grants = GrantService(
             engine,
             PartnerDirectory(engine, settings.partner_cache_seconds),

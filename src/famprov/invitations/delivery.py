@@ -21,14 +21,13 @@ from email_validator import validate_email
 from sqlalchemy import Engine, and_, or_, select, update
 
 from famprov.clock import Clock
-from famprov.invitations import message
+from famprov.config import Settings
+from famprov.invitations import message, transports
 from famprov.invitations.transports import Transport
 from famprov.licenses.service import REVOKED, vault_url
 from famprov.logs import log, redact_email
 from famprov.store import WRITE
 from famprov.store.schema import licenses, outbox, partners
-
-LEASE = timedelta(minutes=5)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -58,8 +57,10 @@ class DeliveryWorker:
         sender: str,
         max_attempts: int = 12,
         poll_seconds: float = 1.0,
+        lease_seconds: float = 300,
         batch: int = 100,
     ) -> None:
+        self._lease = timedelta(seconds=lease_seconds)
         self._engine = engine
         self._transport = transport
         self._clock = clock
@@ -71,6 +72,21 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine: Engine, clock: Clock
+    ) -> DeliveryWorker:
+        return cls(
+            engine,
+            transports.from_settings(settings),
+            clock,
+            public_url=settings.public_url,
+            sender=settings.mail_from,
+            max_attempts=settings.delivery_max_attempts,
+            poll_seconds=settings.delivery_poll_seconds,
+            lease_seconds=settings.delivery_lease_seconds,
+        )
 
     def wake(self) -> None:
         """Ask for a delivery round now; safe from any thread."""
@@ -146,7 +162,7 @@ class DeliveryWorker:
                 .where(outbox.c.id.in_(ids.scalar_subquery()), due)
                 .values(
                     claim=claim,
-                    locked_until=now + LEASE,
+                    locked_until=now + self._lease,
                     attempts=outbox.c.attempts + 1,
                 )
             )
