@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 from sqlalchemy import Engine, Table, select
 
@@ -179,3 +180,8 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def only(store: str) -> pytest.MarkDecorator:
+    """Run a test on one store only: ``@only("postgresql")``."""
+    return pytest.mark.parametrize("database_url", [store], indirect=True)

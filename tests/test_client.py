@@ -158,3 +158,16 @@ def test_unreachable_server_is_unavailable() -> None:
 def test_salt_never_shows_in_repr() -> None:
     with Client("http://127.0.0.1:9", partner="a", salt="very-secret-salt-value") as c:
         assert "very-secret-salt-value" not in repr(vars(c._policy))
+
+
+def test_http_client_logs_hold_no_query(
+    server, partner: Partner, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="httpx")
+    with Client(server.url, partner="acme", salt=partner.salt) as client:
+        client.grant(transaction_id="1", first_name="Ann", email="ann@example.com")
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "create-license?[secure]" in logged
+    assert "ann" not in logged
+    assert partner.hash("ann@example.com") not in logged

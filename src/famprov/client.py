@@ -17,6 +17,7 @@ typed `ApiError` carrying the server's message.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -30,6 +31,24 @@ from famprov.logs import Secret
 from famprov.partners.hashing import compute_hash
 
 PATH = "/bi_api/v1/services/partner/create-license"
+
+
+class _HideQueries(logging.Filter):
+    """httpx logs each request's URL at INFO; ours carry the hash and the
+    person's email in the query string, which no log may hold."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{arg.copy_with(query=None)}?[secure]"
+                if isinstance(arg, httpx.URL) and arg.query
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_HideQueries())
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
 

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     )
     delivery_poll_seconds: float = Field(1.0, gt=0)
     delivery_lease_seconds: float = Field(
-        300,
+        120,
         gt=0,
         description="How long a claimed invitation is held before another "
         "worker may take it over.",

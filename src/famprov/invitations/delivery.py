@@ -57,8 +57,8 @@ class DeliveryWorker:
         sender: str,
         max_attempts: int = 12,
         poll_seconds: float = 1.0,
-        lease_seconds: float = 300,
-        batch: int = 100,
+        lease_seconds: float = 120,
+        batch: int = 25,
     ) -> None:
         self._lease = timedelta(seconds=lease_seconds)
         self._engine = engine

@@ -1,0 +1,77 @@
+"""Migrations and the store's readiness, on both stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from sqlalchemy import text
+
+from famprov.config import Settings
+from support import FAMPROV, only
+
+
+def famprov(
+    *args: str, settings: Settings, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAMPROV_DATABASE_URL": settings.database_url, **extra}
+    return subprocess.run(
+        [FAMPROV, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_upgrade_then_check_agree(settings: Settings) -> None:
+    upgraded = famprov("db", "upgrade", settings=settings)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "upgraded from nothing to 0001" in upgraded.stdout
+
+    again = famprov("db", "upgrade", settings=settings)
+    assert again.stdout.strip() == "database already at 0001"
+    checked = famprov("db", "check", settings=settings)
+    assert checked.returncode == 0, checked.stderr
+    assert "matching the models" in checked.stdout
+
+
+def test_check_finds_drift_between_database_and_models(
+    settings: Settings, engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE licenses ADD COLUMN stray INTEGER"))
+    checked = famprov("db", "check", settings=settings)
+
+    assert checked.returncode == 1
+    assert "stray" in checked.stderr
+    assert "differs from the models" in checked.stderr
+
+
+def test_check_refuses_a_database_behind_its_migrations(settings: Settings) -> None:
+    checked = famprov("db", "check", settings=settings)
+    assert checked.returncode == 1
+    assert "run `famprov db upgrade` first" in checked.stderr
+
+
+@only("postgresql")
+def test_postgresql_behind_its_migrations_refuses_to_serve(
+    settings: Settings,
+) -> None:
+    result = famprov("serve", "--port", "1", settings=settings)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "famprov: error: the database has no famprov tables: "
+        "run `famprov db upgrade` first\n"
+    )
+
+
+@only("sqlite")
+def test_embedded_store_upgrades_itself(settings: Settings) -> None:
+    listed = famprov("partner", "list", "--json", settings=settings)
+    assert listed.returncode == 0, listed.stderr
+    assert famprov("db", "check", settings=settings).returncode == 0
+
+
+@only("sqlite")
+def test_embedded_store_refuses_several_serving_processes(settings: Settings) -> None:
+    result = famprov("serve", "--workers", "2", settings=settings)
+    assert result.returncode == 2
+    assert "one serving process" in result.stderr
