@@ -189,6 +189,15 @@ def db_upgrade() -> None:
         click.echo(f"database upgraded from {before or 'nothing'} to {after}")
 
 
+@db.command("revision")
+@click.argument("message")
+def db_revision(message: str) -> None:
+    """Write a new migration from the models (for famprov's developers)."""
+    _, engine = store(prepare=False)
+    migrate.require_current(engine)
+    click.echo(f"wrote {migrate.revision(engine, message)}")
+
+
 @db.command("check")
 def db_check() -> None:
     """Fail when the database and famprov's models disagree."""

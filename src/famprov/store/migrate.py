@@ -48,6 +48,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(_config(conn), revision)
 
 
+def revision(engine: Engine, message: str) -> str:
+    """Autogenerate a migration from the models; return its file's path."""
+    with engine.begin() as conn:
+        script = command.revision(_config(conn), message=message, autogenerate=True)
+    assert script is not None and not isinstance(script, list)
+    return str(script.path)
+
+
 def differences(engine: Engine) -> list[Any]:
     """What the database lacks or holds beyond the models; empty when they agree."""
     with engine.connect() as conn:
