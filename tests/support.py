@@ -20,6 +20,7 @@ import uvicorn
 from sqlalchemy import Engine, Table, select
 
 from famprov.api.app import create_app
+from famprov.api.protocol import JsonErrorsProtocol
 from famprov.clock import Clock
 from famprov.config import Settings
 from famprov.partners.hashing import compute_hash
@@ -60,7 +61,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         app = create_app(settings, clock=clock)
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, ws="none", lifespan="on"
+            app,
+            log_config=None,
+            access_log=False,
+            ws="none",
+            http=JsonErrorsProtocol,
+            lifespan="on",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

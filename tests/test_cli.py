@@ -234,3 +234,45 @@ def test_provision_against_nothing_fails_cleanly(env: dict[str, str]) -> None:
     assert result.returncode == 3
     assert result.stderr.startswith("famprov: error: server unreachable")
     assert "some-salt-0123456789" not in result.stderr
+
+
+def test_partner_names_are_what_an_unencoded_url_can_carry(
+    env: dict[str, str],
+) -> None:
+    result = cli("partner", "add", "A&B Co", "--salt", "some-salt-0123456789")
+    assert result.exit_code == 1
+    assert "partner name must be" in result.output
+
+
+def test_salt_file_that_is_not_utf8_is_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    salt_file = tmp_path / "salt"
+    salt_file.write_bytes(b"\xff\xfesalt-salt-salt-salt")
+    result = famprov("partner", "add", "acme", "--salt-file", str(salt_file), env=env)
+    assert result.returncode == 2
+    assert result.stderr == f"famprov: error: salt file {salt_file} is not UTF-8 text\n"
+
+
+def test_provision_with_a_bad_url_is_one_line(env: dict[str, str]) -> None:
+    args = [
+        "provision", "--url", "http://[::1", "--partner", "acme",
+        "--salt", "some-salt-0123456789", "--transaction-id", "p-1",
+        "--first-name", "Ann", "--email", "ann@example.com",
+    ]  # fmt: skip
+    result = famprov(*args, env=env)
+    assert result.returncode == 3
+    assert result.stderr.startswith("famprov: error: invalid server URL")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_vault_urls_follow_the_port_when_no_public_url_is_set(
+    env: dict[str, str], partner: Partner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from support import ServerProcess
+
+    monkeypatch.delenv("FAMPROV_PUBLIC_URL")
+    del env["FAMPROV_PUBLIC_URL"]
+    with ServerProcess(env) as server:
+        body = httpx.get(server.url + V1_PATH, params=partner.params()).json()
+    assert body["vault_url"].startswith(server.url + "/invite/")

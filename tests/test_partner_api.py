@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -101,6 +102,53 @@ def test_last_name_is_optional(http: httpx.Client, partner: Partner) -> None:
     assert http.get(V1_PATH, params=params).status_code == 200
 
 
+def test_blank_last_name_counts_as_absent(
+    http: httpx.Client, partner: Partner, engine: Engine
+) -> None:
+    assert http.get(V1_PATH, params=partner.params(last_name="  ")).status_code == 200
+    assert rows(engine, licenses)[0].last_name is None
+
+
+def test_head_grants_nothing(
+    http: httpx.Client, partner: Partner, engine: Engine
+) -> None:
+    response = http.head(V1_PATH, params=partner.params())
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert rows(engine, licenses) == []
+
+
+def test_trailing_slash_is_404_not_a_redirect_repeating_the_query(
+    http: httpx.Client, partner: Partner
+) -> None:
+    response = http.get(V1_PATH + "/", params=partner.params())
+
+    assert response.status_code == 404
+    assert response.json() == {"success": False, "message": "Not found"}
+    assert "location" not in response.headers
+
+
+def test_request_too_malformed_for_the_app_is_still_json(server) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(b"GET /create-license?email=a b HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(4096):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in head
+    assert json.loads(body) == {
+        "success": False,
+        "message": "Invalid request - Malformed HTTP request",
+    }
+
+
 def test_wrong_hash_unknown_partner_and_malformed_hash_answer_alike(
     http: httpx.Client, partner: Partner, engine: Engine
 ) -> None:
@@ -155,6 +203,9 @@ SPACE = "leading or trailing white space"
         ("first_name", "A" * 101, "at most 100 characters"),
         ("last_name", "Lee\t", SPACE),
         ("last_name", "L\x07e", CONTROL),
+        ("first_name", "Ann\u202eeeL", CONTROL),
+        ("first_name", "Ann\ue000", CONTROL),
+        ("email", "a" * 65 + "@example.com", BAD_EMAIL),
         ("transaction_id", "x" * 129, "at most 128 characters"),
         ("transaction_id", "00\n01", CONTROL),
     ],
@@ -313,6 +364,7 @@ def test_internal_error_is_json_without_internals(
 
     assert response.status_code == 500
     assert response.json() == {"success": False, "message": "Internal server error"}
+    assert len(response.headers["x-request-id"]) == 16
 
 
 def test_health_and_readiness(http: httpx.Client) -> None:

@@ -123,6 +123,12 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
     """Run the service."""
     import uvicorn
 
+    from famprov.api.protocol import JsonErrorsProtocol
+
+    if "FAMPROV_PUBLIC_URL" not in os.environ:
+        # Vault URLs point at this server unless the operator says otherwise;
+        # the serving processes read the setting from the environment.
+        os.environ["FAMPROV_PUBLIC_URL"] = f"http://{host}:{port}"
     settings, engine = store()
     logs.configure(settings.log_format, settings.log_level)
     if workers > 1 and settings.is_embedded:
@@ -149,6 +155,7 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
         log_config=None,
         server_header=False,
         ws="none",
+        http=JsonErrorsProtocol,
         lifespan="on",
     )
 
@@ -272,7 +279,10 @@ def partner_add(name: str, salt: str | None, salt_file: Any) -> None:
 
 
 def read_salt(source: Any) -> str:
-    text: str = source.read()
+    try:
+        text: str = source.read()
+    except UnicodeDecodeError:
+        fail(f"salt file {source.name} is not UTF-8 text", 2)
     return text.removesuffix("\n").removesuffix("\r")
 
 

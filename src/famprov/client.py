@@ -144,6 +144,16 @@ class _Policy:
         raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message)
 
 
+def _base_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url.rstrip("/"))
+    except httpx.InvalidURL as exc:
+        raise ClientError(f"invalid server URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ClientError("server URL must be http:// or https:// with a host")
+    return parsed
+
+
 def _gave_up(error: Exception | None, response: httpx.Response | None) -> Unavailable:
     if response is not None:
         return Unavailable(f"server kept answering {response.status_code}")
@@ -166,7 +176,7 @@ class Client:
     ) -> None:
         self._policy = _Policy(partner, salt, retries, backoff)
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+            base_url=_base_url(base_url), timeout=timeout, transport=transport
         )
 
     def grant(
@@ -225,7 +235,7 @@ class AsyncClient:
     ) -> None:
         self._policy = _Policy(partner, salt, retries, backoff)
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
+            base_url=_base_url(base_url),
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(

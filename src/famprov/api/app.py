@@ -93,9 +93,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestLogMiddleware)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
+    # ``/path/`` is a 404, not a redirect: the redirect's Location would
+    # repeat the query, hash and email included.
+    app.router.redirect_slashes = False
+    return app

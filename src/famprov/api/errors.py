@@ -2,8 +2,9 @@
 
 Every answer that is not a success is JSON of the form
 ``{"success": false, "message": "..."}``, whatever raised it: a domain error
-(`famprov.errors`), a routing miss (404, 405), or a bug (500, which shows no
-internals).
+(`famprov.errors`) or a routing miss (404, 405) here; a bug becomes a 500
+that shows no internals in `famprov.api.middleware`; a request too malformed
+to reach the app is answered by `famprov.api.protocol`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from famprov.errors import (
     PartnerAuthError,
     QuotaExceededError,
 )
-from famprov.logs import log
 
 STATUS: dict[type[FamprovError], int] = {
     InvalidRequestError: 400,
@@ -71,13 +71,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return failure(exc.status_code, message, dict(exc.headers or {}))
 
 
-async def on_crash(request: Request, exc: Exception) -> Response:
-    log.error("unhandled_error", error=type(exc).__name__)
-    return failure(500, "Internal server error")
-
-
 HANDLERS = {
     FamprovError: on_domain_error,
     HTTPException: on_http_error,
-    Exception: on_crash,
 }

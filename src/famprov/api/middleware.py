@@ -3,13 +3,16 @@
 One line per request: request id, method, path, status, latency, and what
 the handler recorded (partner, outcome). The query string is never logged:
 on the partner endpoint it holds the hash and personal data. Vault tokens in
-paths print as ``[secure]``.
+paths print as ``[secure]``. An error nothing else handled is answered here,
+as a JSON 500 that still carries the request id.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,6 +32,14 @@ def loggable_path(path: str) -> str:
     return path[:200]
 
 
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -38,6 +49,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = secrets.token_hex(8)
+        started_response = False
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         state: dict[str, Any] = scope.setdefault("state", {})
@@ -45,8 +57,9 @@ class RequestLogMiddleware:
         status = 500
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -59,6 +72,15 @@ class RequestLogMiddleware:
                 await failure(414, HTTP_MESSAGES[414])(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Only the type and the place: the message of a database error
+            # can hold the statement's values, emails and tokens among them.
+            state["outcome"] = "crash"
+            log.error("unhandled_error", error=type(exc).__name__, at=_where(exc))
+            if not started_response:
+                await failure(500, "Internal server error")(
+                    scope, receive, send_with_id
+                )
         finally:
             log.info(
                 "request",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from urllib.parse import parse_qsl
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -46,6 +47,9 @@ def parse_query(raw: bytes) -> dict[str, str]:
 
 
 async def create_license(request: Request) -> Response:
+    if request.method != "GET":
+        # HEAD is GET without a body, and a GET here grants a license.
+        raise HTTPException(405, headers={"Allow": "GET"})
     service: GrantService = request.app.state.grants
     params = parse_query(request.scope["query_string"])
     grant = await service.grant(params)

@@ -22,8 +22,12 @@ MAX_NAME = 100
 MAX_TRANSACTION_ID = 128
 
 # Characters no name, email or reference may hold: C0/C1 controls, line and
-# paragraph separators, lone surrogates, and the byte-order mark.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# paragraph separators, lone surrogates, private-use and unassigned code
+# points, the byte-order mark, and the bidirectional controls that make text
+# display in another order than it reads.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+_FORBIDDEN = frozenset("\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+MAX_LOCAL_PART = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,9 @@ def require(params: dict[str, str]) -> RawGrant:
     return RawGrant(
         transaction_id=params["transaction_id"],
         first_name=params["first_name"],
-        last_name=params.get("last_name") or None,
+        # An optional value of only white space is absent, as a required
+        # one would be missing.
+        last_name=params["last_name"] if params.get("last_name", "").strip() else None,
         email=params["email"],
         hash=params["hash"],
         partner_name=params["partner_name"],
@@ -91,7 +97,8 @@ def check_text(field: str, value: str, limit: int) -> None:
 
 def has_forbidden(value: str) -> bool:
     return any(
-        unicodedata.category(c) in _FORBIDDEN_CATEGORIES or c == "\ufeff" for c in value
+        c in _FORBIDDEN or unicodedata.category(c) in _FORBIDDEN_CATEGORIES
+        for c in value
     )
 
 
@@ -109,5 +116,7 @@ def normalise_email(email: str) -> tuple[str, str, bool]:
         checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
         raise invalid from None
+    if len(checked.local_part.encode()) > MAX_LOCAL_PART:
+        raise invalid
     key = f"{checked.local_part.casefold()}@{checked.ascii_domain}"
     return checked.normalized, key, checked.ascii_email is None

@@ -19,7 +19,9 @@ from famprov.partners.hashing import verify_hash
 from famprov.store import WRITE
 from famprov.store.schema import licenses, partners
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._&-]{0,62}[A-Za-z0-9._-])?")
+# Only characters that a client concatenating an unencoded URL can send.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?")
+CACHE_ENTRIES = 10_000
 MIN_SALT_LENGTH = 16
 MAX_SALT_LENGTH = 256
 
@@ -50,7 +52,7 @@ def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise OperatorError(
             "partner name must be 1 to 64 characters: letters, digits, space, "
-            "'.', '_', '&' and '-', starting and ending with a letter or digit"
+            "'.', '_' and '-', starting with a letter or digit"
         )
     return name
 
@@ -129,16 +131,18 @@ def _find(conn: Connection, name: str) -> Partner | None:
 
 
 class PartnerDirectory:
-    """Partners by name for the request path, each record reused a short while.
+    """Partners by name for the request path, each answer reused a short while.
 
-    Only known partners are kept; a name the store does not hold is looked up
-    again on every request, so a partner added a moment ago is served at once.
+    A name the store does not hold is remembered as unknown just as a known
+    one is remembered, so that the time an answer takes tells a caller
+    nothing about which names exist. The cache holds a bounded number of
+    names; the oldest go first.
     """
 
     def __init__(self, engine: Engine, ttl_seconds: float) -> None:
         self._engine = engine
         self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, Partner]] = {}
+        self._cache: dict[str, tuple[float, Partner | None]] = {}
 
     async def get(self, name: str) -> Partner | None:
         if len(name) > 64:
@@ -148,10 +152,10 @@ class PartnerDirectory:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         partner = await asyncio.to_thread(find_partner, self._engine, name)
-        if partner is None:
-            self._cache.pop(name, None)
-        else:
-            self._cache[name] = (now, partner)
+        self._cache.pop(name, None)
+        if len(self._cache) >= CACHE_ENTRIES:
+            del self._cache[next(iter(self._cache))]
+        self._cache[name] = (now, partner)
         return partner
 
 

@@ -52,7 +52,8 @@ def revision(engine: Engine, message: str) -> str:
     """Autogenerate a migration from the models; return its file's path."""
     with engine.begin() as conn:
         script = command.revision(_config(conn), message=message, autogenerate=True)
-    assert script is not None and not isinstance(script, list)
+    assert script is not None
+    assert not isinstance(script, list)
     return str(script.path)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from famprov.errors import FamprovError
 from famprov.logs import log
@@ -147,9 +147,9 @@ class BatchWriter(Generic[J, R]):
             try:
                 with self._connect() as conn, conn.begin():
                     outcome = self._apply_one(conn, item.job)
-            except (IntegrityError, OperationalError) as exc:
+            except IntegrityError as exc:
                 # A unique key taken by another process between our read and
-                # our insert, or a busy database: read again and retry.
+                # our insert: read again, and the job sees the winner's row.
                 if attempt < self._retries:
                     continue
                 item.future.set_exception(exc)
