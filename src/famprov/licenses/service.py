@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine
 
 from famprov.clock import Clock
-from famprov.errors import ExistingLicenseError, TransactionConflictError
+from famprov.errors import (
+    ExistingLicenseError,
+    FamprovError,
+    TransactionConflictError,
+)
 from famprov.licenses import fields
 from famprov.licenses.plans import DEFAULT_PLAN, Plan
 from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
-from famprov.store.schema import licenses, outbox
+from famprov.store.raw import RawSQL
 from famprov.store.writer import BatchWriter
 
 INVITED, ACTIVE, EXPIRED, REVOKED = "invited", "active", "expired", "revoked"
@@ -113,81 +118,166 @@ class GrantService:
         job = GrantJob(partner.id, raw.transaction_id, person, DEFAULT_PLAN)
         return await self._writer.write(job)
 
-    def record(self, conn: Connection, job: GrantJob) -> Grant:
-        """Write the license and its invitation, or answer a replay.
+    def record(
+        self, conn: Connection, jobs: Sequence[GrantJob]
+    ) -> list[Grant | FamprovError]:
+        """Write the batch's licenses and their invitations; answer replays.
 
-        Runs in the writer's transaction. It raises a domain error only
-        before it has written anything, so a refused job leaves its batch
-        intact.
+        Runs in the writer's transaction, and answers the jobs in order as if
+        each had come alone: a replay or a conflict with a grant earlier in
+        the same batch is seen as one. A refused job writes nothing.
         """
+        raw = RawSQL(conn.dialect.name)
         now = self._clock.now()
+        known = _Known.read(conn, raw, jobs)
+        outcomes: list[Grant | FamprovError] = []
+        created: list[tuple[GrantJob, Grant]] = []
+        expired: list[int] = []
+        for job in jobs:
+            outcome = known.decide(job, now, expired)
+            if isinstance(outcome, Grant) and not outcome.replayed:
+                created.append((job, outcome))
+            outcomes.append(outcome)
+
+        if expired:
+            conn.exec_driver_sql(
+                raw.sql(
+                    "UPDATE licenses SET status = 'expired', live_email_key = NULL "
+                    "WHERE id = ?"
+                ),
+                [(license_id,) for license_id in expired],
+            )
+        if created:
+            _insert(conn, raw, created, now)
+        return outcomes
+
+
+@dataclass(slots=True)
+class _Earlier:
+    order_number: str
+    vault_token: str
+    details: tuple[str, str, str | None]
+
+
+@dataclass(slots=True)
+class _Holder:
+    license_id: int | None
+    order_number: str
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the store holds for a batch's keys, kept up to date as the
+    batch's own grants are decided."""
+
+    earlier: dict[tuple[int, str], _Earlier]
+    holders: dict[tuple[int, str], _Holder]
+
+    @classmethod
+    def read(cls, conn: Connection, raw: RawSQL, jobs: Sequence[GrantJob]) -> _Known:
+        known = cls({}, {})
+        by_partner: dict[int, list[GrantJob]] = defaultdict(list)
+        for job in jobs:
+            by_partner[job.partner_id].append(job)
+        for partner_id, group in by_partner.items():
+            txids = sorted({job.transaction_id for job in group})
+            for row in conn.exec_driver_sql(
+                raw.sql(
+                    "SELECT transaction_id, order_number, vault_token, email_key, "  # noqa: S608 - only placeholders are formatted in
+                    "first_name, last_name FROM licenses WHERE partner_id = ? "
+                    f"AND transaction_id IN ({raw.marks(len(txids))})"
+                ),
+                (partner_id, *txids),
+            ):
+                known.earlier[(partner_id, row[0])] = _Earlier(
+                    row[1], row[2], (row[3], row[4], row[5])
+                )
+            keys = sorted({job.person.email_key for job in group})
+            for row in conn.exec_driver_sql(
+                raw.sql(
+                    "SELECT id, live_email_key, order_number, expires_at "  # noqa: S608 - only placeholders are formatted in
+                    "FROM licenses WHERE partner_id = ? "
+                    f"AND live_email_key IN ({raw.marks(len(keys))})"
+                ),
+                (partner_id, *keys),
+            ):
+                known.holders[(partner_id, row[1])] = _Holder(
+                    row[0], row[2], raw.read_time(row[3])
+                )
+        return known
+
+    def decide(
+        self, job: GrantJob, now: datetime, expired: list[int]
+    ) -> Grant | FamprovError:
         person = job.person
-        earlier = conn.execute(
-            select(
-                licenses.c.order_number,
-                licenses.c.vault_token,
-                licenses.c.email_key,
-                licenses.c.first_name,
-                licenses.c.last_name,
-            ).where(
-                licenses.c.partner_id == job.partner_id,
-                licenses.c.transaction_id == job.transaction_id,
-            )
-        ).first()
+        details = (person.email_key, person.first_name, person.last_name)
+        earlier = self.earlier.get((job.partner_id, job.transaction_id))
         if earlier is not None:
-            same = (earlier.email_key, earlier.first_name, earlier.last_name) == (
-                person.email_key,
-                person.first_name,
-                person.last_name,
-            )
-            if not same:
-                raise TransactionConflictError()
+            if earlier.details != details:
+                return TransactionConflictError()
             return Grant(earlier.order_number, earlier.vault_token, replayed=True)
 
-        live = conn.execute(
-            select(licenses.c.id, licenses.c.order_number, licenses.c.expires_at).where(
-                licenses.c.partner_id == job.partner_id,
-                licenses.c.live_email_key == person.email_key,
-            )
-        ).first()
-        if live is not None:
-            if live.expires_at > now:
-                raise ExistingLicenseError(live.order_number)
-            conn.execute(
-                update(licenses)
-                .where(licenses.c.id == live.id)
-                .values(status=EXPIRED, live_email_key=None)
-            )
+        holder_key = (job.partner_id, person.email_key)
+        holder = self.holders.get(holder_key)
+        if holder is not None:
+            if holder.expires_at > now:
+                return ExistingLicenseError(holder.order_number)
+            assert holder.license_id is not None  # one of ours has not expired
+            expired.append(holder.license_id)
 
         grant = Grant(new_order_number(), new_vault_token(), replayed=False)
-        key = conn.execute(
-            insert(licenses).values(
-                order_number=grant.order_number,
-                partner_id=job.partner_id,
-                transaction_id=job.transaction_id,
-                email=person.email,
-                email_key=person.email_key,
-                live_email_key=person.email_key,
-                first_name=person.first_name,
-                last_name=person.last_name,
-                plan=job.plan.code,
-                products=json.dumps(job.plan.product_codes),
-                status=INVITED,
-                created_at=now,
-                starts_at=now,
-                expires_at=years_after(now, job.plan.term_years),
-                vault_token=grant.vault_token,
-            )
-        ).inserted_primary_key
-        assert key is not None
-        conn.execute(
-            insert(outbox).values(
-                license_id=key[0],
-                kind="invitation",
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
+        self.earlier[(job.partner_id, job.transaction_id)] = _Earlier(
+            grant.order_number, grant.vault_token, details
+        )
+        self.holders[holder_key] = _Holder(
+            None, grant.order_number, years_after(now, job.plan.term_years)
         )
         return grant
+
+
+def _insert(
+    conn: Connection,
+    raw: RawSQL,
+    created: list[tuple[GrantJob, Grant]],
+    now: datetime,
+) -> None:
+    """Write each new license and, in the same transaction, its invitation."""
+    at = raw.time(now)
+    conn.exec_driver_sql(
+        raw.sql(
+            "INSERT INTO licenses (order_number, partner_id, transaction_id, email, "  # noqa: S608 - only placeholders are formatted in
+            "email_key, live_email_key, first_name, last_name, plan, products, "
+            "status, created_at, starts_at, expires_at, vault_token) "
+            f"VALUES ({raw.marks(15)})"
+        ),
+        [
+            (
+                grant.order_number,
+                job.partner_id,
+                job.transaction_id,
+                job.person.email,
+                job.person.email_key,
+                job.person.email_key,
+                job.person.first_name,
+                job.person.last_name,
+                job.plan.code,
+                json.dumps(job.plan.product_codes),
+                INVITED,
+                at,
+                at,
+                raw.time(years_after(now, job.plan.term_years)),
+                grant.vault_token,
+            )
+            for job, grant in created
+        ],
+    )
+    conn.exec_driver_sql(
+        raw.sql(
+            "INSERT INTO outbox (license_id, kind, status, attempts, "
+            "next_attempt_at, created_at) "
+            "SELECT id, 'invitation', 'pending', 0, ?, ? FROM licenses "
+            "WHERE order_number = ?"
+        ),
+        [(at, at, grant.order_number) for _, grant in created],
+    )

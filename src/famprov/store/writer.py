@@ -2,22 +2,26 @@
 
 A durable commit costs a disk flush, and a flush per grant caps the service
 at a few thousand grants a second. The writer thread takes every job queued
-since its last commit, applies them one by one inside one transaction, commits
-once, and only then answers each job's caller: no grant is acknowledged before
-it is on disk. A job that raises a domain error wrote nothing, so it fails
-alone; a database error rolls the batch back and each job is replayed in a
-transaction of its own, so one bad job never fails its neighbours.
+since its last commit, hands them to ``apply(connection, jobs)`` inside one
+transaction, commits once, and only then answers each job's caller: no grant
+is acknowledged before it is on disk.
+
+``apply`` returns one outcome per job, a result or a domain error; a job
+refused with a domain error wrote nothing, so it fails alone. A database
+error rolls the whole batch back, and each job is then written in a
+transaction of its own, so that one bad job never fails its neighbours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -29,13 +33,14 @@ from famprov.store import WRITE
 J = TypeVar("J")
 R = TypeVar("R")
 
-Apply = Callable[[Connection, J], R]
+ApplyBatch = Callable[[Connection, Sequence[J]], list["R | FamprovError"]]
 
 
 @dataclass(slots=True)
 class _Item(Generic[J, R]):
     job: J
-    future: Future[R]
+    future: asyncio.Future[R]
+    loop: asyncio.AbstractEventLoop
 
 
 class WriterClosedError(RuntimeError):
@@ -43,14 +48,14 @@ class WriterClosedError(RuntimeError):
 
 
 class BatchWriter(Generic[J, R]):
-    """Run ``apply(connection, job)`` for queued jobs, one commit per batch."""
+    """Runs ``apply`` over the queued jobs, one commit per batch."""
 
     _STOP = object()
 
     def __init__(
         self,
         engine: Engine,
-        apply: Apply[J, R],
+        apply: ApplyBatch[J, R],
         *,
         max_batch: int = 256,
         after_commit: Callable[[], None] | None = None,
@@ -79,16 +84,14 @@ class BatchWriter(Generic[J, R]):
             self._thread.join()
             self._thread = None
 
-    def submit(self, job: J) -> Future[R]:
+    async def write(self, job: J) -> R:
+        """Queue the job and wait, without blocking the loop, for its commit."""
         if self._closed:
             raise WriterClosedError("the writer is stopped")
-        future: Future[R] = Future()
-        self._queue.put(_Item(job, future))
-        return future
-
-    async def write(self, job: J) -> R:
-        """Queue the job and wait, without blocking the event loop, for its commit."""
-        return await asyncio.wrap_future(self.submit(job))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.put(_Item(job, future, loop))
+        return await future
 
     def _run(self) -> None:
         while True:
@@ -114,60 +117,66 @@ class BatchWriter(Generic[J, R]):
         return batch, False
 
     def _write_batch(self, batch: list[_Item[J, R]]) -> None:
-        outcomes: list[tuple[_Item[J, R], R | FamprovError]] = []
         try:
             with self._connect() as conn, conn.begin():
-                for item in batch:
-                    outcomes.append((item, self._apply_one(conn, item.job)))
+                outcomes = self._apply(conn, [item.job for item in batch])
         except Exception as exc:
             log.warning(
-                "writer_batch_failed",
-                batch=len(batch),
-                error=type(exc).__name__,
+                "writer_batch_failed", batch=len(batch), error=type(exc).__name__
             )
             for item in batch:
                 self._write_alone(item)
             return
         self._committed()
-        for item, outcome in outcomes:
-            _resolve(item.future, outcome)
-
-    def _connect(self) -> Connection:
-        return self._engine.connect().execution_options(**WRITE)
-
-    def _apply_one(self, conn: Connection, job: J) -> R | FamprovError:
-        try:
-            return self._apply(conn, job)
-        except FamprovError as exc:
-            return exc
+        _settle(list(zip(batch, outcomes, strict=True)))
 
     def _write_alone(self, item: _Item[J, R]) -> None:
         """Write one job in its own transaction, retrying lost races."""
         for attempt in range(self._retries + 1):
             try:
                 with self._connect() as conn, conn.begin():
-                    outcome = self._apply_one(conn, item.job)
+                    [outcome] = self._apply(conn, [item.job])
             except IntegrityError as exc:
                 # A unique key taken by another process between our read and
                 # our insert: read again, and the job sees the winner's row.
                 if attempt < self._retries:
                     continue
-                item.future.set_exception(exc)
+                _settle([(item, exc)])
                 return
             except Exception as exc:
-                item.future.set_exception(exc)
+                _settle([(item, exc)])
                 return
             self._committed()
-            _resolve(item.future, outcome)
+            _settle([(item, outcome)])
             return
+
+    def _connect(self) -> Connection:
+        return self._engine.connect().execution_options(**WRITE)
 
     def _committed(self) -> None:
         if self._after_commit is not None:
             self._after_commit()
 
 
-def _resolve(future: Future[R], outcome: R | FamprovError) -> None:
-    if isinstance(outcome, FamprovError):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+_Done = list[tuple[_Item[Any, Any], Any]]
+
+
+def _settle(done: _Done) -> None:
+    """Answer every caller, with one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, _Done] = defaultdict(list)
+    for item, outcome in done:
+        by_loop[item.loop].append((item, outcome))
+    for loop, pairs in by_loop.items():
+        # A closed loop has nobody waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, pairs)
+
+
+def _resolve(pairs: _Done) -> None:
+    for item, outcome in pairs:
+        if item.future.done():
+            continue  # the caller went away (its request was cancelled)
+        if isinstance(outcome, BaseException):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(outcome)
