@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import string
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from email_validator import validate_email
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from famprov.api.partner_v1 import parse_query
 from famprov.errors import DuplicateParameterError, InvalidRequestError
-from famprov.licenses.service import new_order_number
+from famprov.licenses import fields
+from famprov.licenses.service import new_identities
 from famprov.licenses.terms import years_after
 from famprov.logs import Secret, redact_email
 from famprov.partners.hashing import compute_hash, verify_hash
@@ -79,8 +82,42 @@ def test_parse_query_ignores_unknown_parameters() -> None:
 
 
 def test_order_numbers_are_shaped_and_spread() -> None:
-    numbers = {new_order_number() for _ in range(2000)}
+    pairs = list(new_identities(2000))
+    numbers = {number for number, _ in pairs}
     assert len(numbers) == 2000
+    assert len({token for _, token in pairs}) == 2000
+    assert all(len(token) == 43 for _, token in pairs)  # 256 bits
     assert all(
         len(n) == 13 and n[8] == "-" and n.replace("-", "").isdigit() for n in numbers
     )
+
+
+_ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+_near_local = st.text(alphabet=_ATEXT + '.@ "', min_size=0, max_size=70)
+_near_label = st.text(
+    alphabet=string.ascii_letters + string.digits + "-_", min_size=0, max_size=65
+)
+_near_domain = st.lists(_near_label, min_size=1, max_size=5).map(".".join)
+_near_email = st.builds(lambda a, b: f"{a}@{b}", _near_local, _near_domain)
+
+
+@settings(max_examples=3000)
+@given(email=st.one_of(st.emails(), _near_email))
+def test_fast_email_path_gives_email_validators_answer(email: str) -> None:
+    fast = fields._plain_ascii(email)
+    if fast is None:
+        return  # email_validator decides these
+    checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
+    key = f"{checked.local_part.casefold()}@{checked.ascii_domain}"
+    assert fast == (checked.normalized, key, False)
+
+
+def test_fast_email_path_takes_plain_addresses() -> None:
+    assert fields._plain_ascii("Ann.Lee+x@Example.COM") == (
+        "Ann.Lee+x@example.com",
+        "ann.lee+x@example.com",
+        False,
+    )
+    assert fields._plain_ascii("ann@bücher.example") is None
+    assert fields._plain_ascii("ann@xn--bcher-kva.example") is None
+    assert fields._plain_ascii("ann@host.localhost") is None

@@ -9,6 +9,7 @@ as a JSON 500 that still carries the request id.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 import traceback
@@ -43,12 +44,17 @@ def _where(exc: BaseException) -> str:
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Request ids need to be unique, not secret: a random prefix per
+        # process and a counter are as good as fresh randomness, and cheaper.
+        prefix = secrets.token_hex(4)
+        self._ids = (f"{prefix}{n:08x}" for n in itertools.count())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = secrets.token_hex(8)
+        request_id = next(self._ids)
+        rid = request_id.encode()
         started_response = False
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -61,8 +67,7 @@ class RequestLogMiddleware:
             if message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                headers = [*message.get("headers", ()), (b"x-request-id", rid)]
                 message = {**message, "headers": headers}
             await send(message)
 

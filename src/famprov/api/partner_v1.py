@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from urllib.parse import parse_qsl
 
 from starlette.exceptions import HTTPException
@@ -39,11 +38,13 @@ def parse_query(raw: bytes) -> dict[str, str]:
         ) from None
     except ValueError:
         raise InvalidRequestError("Invalid request - Too many parameters") from None
-    counts = Counter(name for name, _ in decoded)
-    for name in sorted(PARAMETERS):
-        if counts[name] > 1:
-            raise DuplicateParameterError(name)
-    return {name: value for name, value in decoded if name in PARAMETERS}
+    params: dict[str, str] = {}
+    for name, value in decoded:
+        if name in PARAMETERS:
+            if name in params:
+                raise DuplicateParameterError(name)
+            params[name] = value
+    return params
 
 
 async def create_license(request: Request) -> Response:

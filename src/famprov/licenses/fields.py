@@ -6,9 +6,11 @@ authenticate learns nothing from them, and on the values exactly as received.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
 
 from famprov.errors import InvalidFieldError, MissingFieldsError
@@ -28,6 +30,7 @@ MAX_TRANSACTION_ID = 128
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
 _FORBIDDEN = frozenset("\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MAX_LOCAL_PART = 64
+_SPECIAL_USE = tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,32 @@ def has_forbidden(value: str) -> bool:
     )
 
 
+# A plain ASCII address: dot-atom local part, letter-digit-hyphen labels, an
+# alphabetic top-level domain. For these the result of `email_validator` is
+# known in advance (the domain lowercased, nothing else changed), and
+# checking them here costs a tenth as much. Anything else, and anything this
+# path is unsure of, goes to `email_validator`; a property test holds the
+# two to the same answers.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_LOCAL = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+_PLAIN_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def _plain_ascii(email: str) -> tuple[str, str, bool] | None:
+    local, _, domain = email.rpartition("@")
+    if not domain.isascii() or len(local) > MAX_LOCAL_PART or len(domain) > 253:
+        return None
+    domain = domain.lower()
+    if not (_PLAIN_LOCAL.fullmatch(local) and _PLAIN_DOMAIN.fullmatch(domain)):
+        return None
+    labels = domain.split(".")
+    if any(label[2:4] == "--" for label in labels):
+        return None  # Punycode, or what only looks like it
+    if any(domain == name or domain.endswith("." + name) for name in _SPECIAL_USE):
+        return None
+    return f"{local}@{domain}", f"{local.casefold()}@{domain}", False
+
+
 def normalise_email(email: str) -> tuple[str, str, bool]:
     """Return the email to store and send to, its comparison key, and
     whether delivery needs SMTPUTF8.
@@ -112,6 +141,9 @@ def normalise_email(email: str) -> tuple[str, str, bool]:
     invalid = InvalidFieldError("Invalid request - Invalid email address")
     if len(email) > MAX_EMAIL or email != email.strip() or has_forbidden(email):
         raise invalid
+    plain = _plain_ascii(email)
+    if plain is not None:
+        return plain
     try:
         checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
