@@ -18,9 +18,7 @@ async def constant(request: Request) -> Response:
     return JSONResponse(BODY)
 
 
-app = Starlette(
-    routes=[Route("/bi_api/v1/services/partner/create-license", constant)]
-)
+app = Starlette(routes=[Route("/bi_api/v1/services/partner/create-license", constant)])
 
 if __name__ == "__main__":
     uvicorn.run(

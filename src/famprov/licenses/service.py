@@ -194,26 +194,25 @@ class _Known:
         for job in jobs:
             by_partner[job.partner_id].append(job)
         for partner_id, group in by_partner.items():
-            txids = sorted({job.transaction_id for job in group})
+            txids = raw.any_of(sorted({job.transaction_id for job in group}))
             for row in conn.exec_driver_sql(
                 raw.sql(
-                    "SELECT transaction_id, order_number, vault_token, email_key, "  # noqa: S608 - only placeholders are formatted in
-                    "first_name, last_name FROM licenses WHERE partner_id = ? "
-                    f"AND transaction_id IN ({raw.marks(len(txids))})"
+                    "SELECT transaction_id, order_number, vault_token, email_key, "
+                    "first_name, last_name FROM licenses "
+                    f"WHERE partner_id = ? AND transaction_id {txids.test}"
                 ),
-                (partner_id, *txids),
+                (partner_id, *txids.params),
             ):
                 known.earlier[(partner_id, row[0])] = _Earlier(
                     row[1], row[2], (row[3], row[4], row[5])
                 )
-            keys = sorted({job.person.email_key for job in group})
+            keys = raw.any_of(sorted({job.person.email_key for job in group}))
             for row in conn.exec_driver_sql(
                 raw.sql(
-                    "SELECT id, live_email_key, order_number, expires_at "  # noqa: S608 - only placeholders are formatted in
-                    "FROM licenses WHERE partner_id = ? "
-                    f"AND live_email_key IN ({raw.marks(len(keys))})"
+                    "SELECT id, live_email_key, order_number, expires_at "
+                    f"FROM licenses WHERE partner_id = ? AND live_email_key {keys.test}"
                 ),
-                (partner_id, *keys),
+                (partner_id, *keys.params),
             ):
                 known.holders[(partner_id, row[1])] = _Holder(
                     row[0], row[2], raw.read_time(row[3])
@@ -249,6 +248,31 @@ class _Known:
         return grant
 
 
+_LICENSE_COLUMNS = (
+    "order_number, partner_id, transaction_id, email, email_key, live_email_key, "
+    "first_name, last_name, plan, products, status, created_at, starts_at, "
+    "expires_at, vault_token"
+)
+# The PostgreSQL type of each of those columns, for the arrays of a batch.
+_LICENSE_ARRAYS = [
+    "text",
+    "int",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamp",
+    "timestamp",
+    "timestamp",
+    "text",
+]
+
+
 def _insert(
     conn: Connection,
     raw: RawSQL,
@@ -259,46 +283,53 @@ def _insert(
     at = raw.time(now)
     # Worked out once per plan in the batch, not once per license.
     terms = {
-        plan.code: (
-            json.dumps(plan.product_codes),
-            raw.time(years_after(now, plan.term_years)),
+        job.plan.code: (
+            json.dumps(job.plan.product_codes),
+            raw.time(years_after(now, job.plan.term_years)),
         )
-        for plan in {job.plan for job, _ in created}
+        for job, _ in created
     }
-    conn.exec_driver_sql(
-        raw.sql(
-            "INSERT INTO licenses (order_number, partner_id, transaction_id, email, "  # noqa: S608 - only placeholders are formatted in
-            "email_key, live_email_key, first_name, last_name, plan, products, "
-            "status, created_at, starts_at, expires_at, vault_token) "
-            f"VALUES ({raw.marks(15)})"
-        ),
-        [
-            (
-                grant.order_number,
-                job.partner_id,
-                job.transaction_id,
-                job.person.email,
-                job.person.email_key,
-                job.person.email_key,
-                job.person.first_name,
-                job.person.last_name,
-                job.plan.code,
-                terms[job.plan.code][0],
-                INVITED,
-                at,
-                at,
-                terms[job.plan.code][1],
-                grant.vault_token,
-            )
-            for job, grant in created
-        ],
-    )
-    conn.exec_driver_sql(
-        raw.sql(
+    rows = [
+        (
+            grant.order_number,
+            job.partner_id,
+            job.transaction_id,
+            job.person.email,
+            job.person.email_key,
+            job.person.email_key,
+            job.person.first_name,
+            job.person.last_name,
+            job.plan.code,
+            terms[job.plan.code][0],
+            INVITED,
+            at,
+            at,
+            terms[job.plan.code][1],
+            grant.vault_token,
+        )
+        for job, grant in created
+    ]
+    if raw.is_sqlite:
+        conn.exec_driver_sql(
+            f"INSERT INTO licenses ({_LICENSE_COLUMNS}) VALUES ({raw.marks(15)})",  # noqa: S608 - placeholders only
+            rows,
+        )
+        conn.exec_driver_sql(
             "INSERT INTO outbox (license_id, kind, status, attempts, "
             "next_attempt_at, created_at) "
             "SELECT id, 'invitation', 'pending', 0, ?, ? FROM licenses "
-            "WHERE order_number = ?"
-        ),
-        [(at, at, grant.order_number) for _, grant in created],
+            "WHERE order_number = ?",
+            [(at, at, row[0]) for row in rows],
+        )
+        return
+    # PostgreSQL: the whole batch in one statement, one array per column,
+    # and the outbox rows from the licenses it inserted.
+    arrays = ", ".join(f"%s::{kind}[]" for kind in _LICENSE_ARRAYS)
+    conn.exec_driver_sql(
+        f"WITH new AS (INSERT INTO licenses ({_LICENSE_COLUMNS}) "  # noqa: S608 - placeholders only
+        f"SELECT * FROM unnest({arrays}) RETURNING id) "
+        "INSERT INTO outbox (license_id, kind, status, attempts, "
+        "next_attempt_at, created_at) "
+        "SELECT id, 'invitation', 'pending', 0, %s, %s FROM new",
+        (*(list(column) for column in zip(*rows, strict=True)), at, at),
     )

@@ -9,13 +9,34 @@ other path goes through SQLAlchemy Core.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """``column {test}`` with ``params``: a test against a list of values."""
+
+    test: str
+    params: tuple[Any, ...]
 
 
 class RawSQL:
     def __init__(self, dialect: str) -> None:
         self._sqlite = dialect == "sqlite"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self._sqlite
+
+    def any_of(self, values: list[Any]) -> AnyOf:
+        """SQLite takes a list of placeholders; PostgreSQL one array, which
+        keeps the statement's text the same for every batch, so the server
+        plans it once."""
+        if self._sqlite:
+            return AnyOf(f"IN ({self.marks(len(values))})", tuple(values))
+        return AnyOf("= ANY(?)", (values,))
 
     def sql(self, text: str) -> str:
         """Write statements with ``?``; psycopg takes ``%s``."""

@@ -94,7 +94,6 @@ licenses = Table(
     Column("vault_token", String(64), nullable=False, unique=True),
     UniqueConstraint("partner_id", "transaction_id", name="uq_licenses_partner_txn"),
     UniqueConstraint("partner_id", "live_email_key", name="uq_licenses_partner_live"),
-    Index("ix_licenses_partner_email", "partner_id", "email_key"),
 )
 
 outbox = Table(

@@ -63,11 +63,6 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("vault_token", name=op.f("uq_licenses_vault_token")),
     )
-    with op.batch_alter_table("licenses", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_licenses_partner_email", ["partner_id", "email_key"], unique=False
-        )
-
     op.create_table(
         "outbox",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -99,8 +94,5 @@ def downgrade() -> None:
         batch_op.drop_index("ix_outbox_claim")
 
     op.drop_table("outbox")
-    with op.batch_alter_table("licenses", schema=None) as batch_op:
-        batch_op.drop_index("ix_licenses_partner_email")
-
     op.drop_table("licenses")
     op.drop_table("partners")
