@@ -197,7 +197,7 @@ class _Known:
             txids = raw.any_of(sorted({job.transaction_id for job in group}))
             for row in conn.exec_driver_sql(
                 raw.sql(
-                    "SELECT transaction_id, order_number, vault_token, email_key, "
+                    "SELECT transaction_id, order_number, vault_token, email_key, "  # noqa: S608 - the test holds placeholders only
                     "first_name, last_name FROM licenses "
                     f"WHERE partner_id = ? AND transaction_id {txids.test}"
                 ),
@@ -209,7 +209,7 @@ class _Known:
             keys = raw.any_of(sorted({job.person.email_key for job in group}))
             for row in conn.exec_driver_sql(
                 raw.sql(
-                    "SELECT id, live_email_key, order_number, expires_at "
+                    "SELECT id, live_email_key, order_number, expires_at "  # noqa: S608 - the test holds placeholders only
                     f"FROM licenses WHERE partner_id = ? AND live_email_key {keys.test}"
                 ),
                 (partner_id, *keys.params),
