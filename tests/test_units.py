@@ -121,3 +121,44 @@ def test_fast_email_path_takes_plain_addresses() -> None:
     assert fields._plain_ascii("ann@bücher.example") is None
     assert fields._plain_ascii("ann@xn--bcher-kva.example") is None
     assert fields._plain_ascii("ann@host.localhost") is None
+
+
+def _stdlib_reading(raw: bytes) -> dict[str, str]:
+    """The query as the standard library's parse_qsl reads it, famprov's
+    parameters only, the first of each."""
+    from urllib.parse import parse_qsl
+
+    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.encode("latin-1").decode()
+        if name in fields.PARAMETERS and name not in out:
+            out[name] = value.encode("latin-1").decode()
+    return out
+
+
+_query_piece = st.one_of(
+    st.sampled_from([*sorted(fields.PARAMETERS), "x", "e%6dail", "first+name"]).map(
+        str.encode
+    ),
+    st.binary(max_size=12),
+    st.text(max_size=12).map(lambda t: t.encode()),
+)
+_query = st.lists(
+    st.tuples(_query_piece, st.sampled_from([b"=", b"", b"=="]), _query_piece),
+    max_size=8,
+).map(lambda pairs: b"&".join(k + eq + v for k, eq, v in pairs))
+
+
+@settings(max_examples=2000)
+@given(raw=_query)
+def test_parse_query_reads_as_the_standard_library_does(raw: bytes) -> None:
+    try:
+        ours = parse_query(raw)
+    except DuplicateParameterError:
+        return
+    except InvalidRequestError:
+        with pytest.raises(UnicodeDecodeError):
+            _stdlib_reading(raw)
+        return
+    assert ours == _stdlib_reading(raw)

@@ -9,11 +9,41 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import structlog
 
 log = structlog.get_logger("famprov")
+
+# The fields every line written while serving one request carries: its
+# request id, and the partner once known. One dict per request, set once and
+# then added to, costs less than a context variable per field.
+_request: ContextVar[dict[str, Any] | None] = ContextVar(
+    "famprov_request", default=None
+)
+
+
+def start_request(request_id: str) -> None:
+    """Begin a request's context; the current task's lines carry it."""
+    _request.set({"request_id": request_id})
+
+
+def note(**fields: Any) -> None:
+    """Add fields to every further line of the current request."""
+    context = _request.get()
+    if context is not None:
+        context.update(fields)
+
+
+def _merge_request(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    context = _request.get()
+    if context:
+        for key, value in context.items():
+            event.setdefault(key, value)
+    return event
 
 
 class Secret:
@@ -84,7 +114,7 @@ def configure(
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        _merge_request,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -98,7 +128,7 @@ def configure(
     # the standard library's logging: a log line per request must be cheap.
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _merge_request,
             structlog.processors.add_log_level,
             _add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

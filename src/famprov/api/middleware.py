@@ -16,9 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from famprov import logs
 from famprov.api.errors import HTTP_MESSAGES, failure
 from famprov.logs import log
 
@@ -56,8 +56,7 @@ class RequestLogMiddleware:
         request_id = next(self._ids)
         rid = request_id.encode()
         started_response = False
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        logs.start_request(request_id)
         state: dict[str, Any] = scope.setdefault("state", {})
         started = time.perf_counter()
         status = 500

@@ -99,6 +99,9 @@ def check_text(field: str, value: str, limit: int) -> None:
 
 
 def has_forbidden(value: str) -> bool:
+    if value.isascii():
+        # The only ASCII characters that are not printable are the controls.
+        return not value.isprintable()
     return any(
         c in _FORBIDDEN or unicodedata.category(c) in _FORBIDDEN_CATEGORIES
         for c in value

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
 from sqlalchemy import Connection, Engine
 
+from famprov import logs
 from famprov.clock import Clock
 from famprov.errors import (
     ExistingLicenseError,
@@ -119,7 +119,7 @@ class GrantService:
         email = authenticate(partner, raw.email, raw.hash)
         assert partner is not None
         # From here on every log line of this request names the partner.
-        structlog.contextvars.bind_contextvars(partner=partner.name)
+        logs.note(partner=partner.name)
         person = fields.validate(raw, email)
         job = GrantJob(partner.id, raw.transaction_id, person, DEFAULT_PLAN)
         return await self._writer.write(job)

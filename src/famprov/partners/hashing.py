@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 HASH_HEX_LENGTH = 64
-_HEX = frozenset("0123456789abcdefABCDEF")
+_HEX = re.compile(f"[0-9a-fA-F]{{{HASH_HEX_LENGTH}}}")
 
 # Verified against when the partner is unknown or disabled, so that such a
 # request does the same work as one with a wrong hash.
@@ -25,7 +26,7 @@ def compute_hash(email: str, salt: str) -> str:
 
 
 def is_well_formed(hash_hex: str) -> bool:
-    return len(hash_hex) == HASH_HEX_LENGTH and all(c in _HEX for c in hash_hex)
+    return _HEX.fullmatch(hash_hex) is not None
 
 
 def verify_hash(email: str, salt: str | None, hash_hex: str) -> bool:
