@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run install test lint typecheck check clean
+.PHONY: run install test bench lint typecheck clean
 
 # The runtime install: the package alone.
 $(VENV)/.run-installed: pyproject.toml
@@ -34,6 +34,13 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The benchmark: wrk comes from Debian's packages.
+bench: $(VENV)/.dev-installed
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "bench: installing wrk from Debian's packages"; \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests

@@ -247,16 +247,15 @@ def check_store(url: str, order_files: list[Path]) -> list[str]:
             outbox_rows = conn.execute(
                 select(func.count()).select_from(outbox)
             ).scalar()
-            per_license = conn.execute(
-                select(func.count())
-                .select_from(licenses)
-                .where(
-                    select(func.count())
-                    .where(outbox.c.license_id == licenses.c.id)
-                    .scalar_subquery()
-                    != 1
+            with_one = conn.execute(
+                select(func.count()).select_from(
+                    select(outbox.c.license_id)
+                    .group_by(outbox.c.license_id)
+                    .having(func.count() == 1)
+                    .subquery()
                 )
-            ).scalar()
+            ).scalar_one()
+            per_license = len(stored) - with_one
     finally:
         engine.dispose()
     missing = [o for o in answered if o not in stored]

@@ -371,3 +371,25 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"success": True, "status": "alive"}
     ready = http.get("/readyz")
     assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+
+
+def test_metrics_count_grants_and_invitations(
+    http: httpx.Client, partner: Partner, engine: Engine, settings: Settings
+) -> None:
+    http.get(V1_PATH, params=partner.params())
+    http.get(V1_PATH, params=partner.params())
+    http.get(V1_PATH, params=partner.params(hash="0" * 64))
+    http.get("/random-scan-path")
+    wait_for(lambda: rows(engine, outbox)[0].status == "sent")
+    response = http.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert 'famprov_grants_total{outcome="granted"} 1.0' in text
+    assert 'famprov_grants_total{outcome="replayed"} 1.0' in text
+    assert 'famprov_grants_total{outcome="partner_auth"} 1.0' in text
+    assert 'famprov_http_requests_total{route="other",status="404"} 1.0' in text
+    assert 'famprov_invitations{state="sent"} 1.0' in text
+    assert 'famprov_licenses{status="invited"} 1.0' in text
+    assert "random-scan-path" not in text

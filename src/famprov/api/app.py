@@ -16,6 +16,8 @@ from starlette.routing import Route
 from famprov import logs
 from famprov.api import partner_v1
 from famprov.api.errors import HANDLERS, failure
+from famprov.api.metrics import Metrics
+from famprov.api.metrics import endpoint as metrics_endpoint
 from famprov.api.middleware import RequestLogMiddleware
 from famprov.clock import Clock, SystemClock
 from famprov.config import Settings
@@ -49,6 +51,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
     """Build the service; the store opens and the workers start on startup."""
     clock = clock or SystemClock()
     deliver = settings.delivery
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -62,6 +65,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             batch_size=settings.writer_batch_size,
             after_commit=delivery.wake if deliver else None,
         )
+        metrics.watch_store(engine)
+        app.state.metrics = metrics
         app.state.settings = settings
         app.state.engine = engine
         app.state.grants = grants
@@ -92,10 +97,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         Route("/create-license", partner_v1.create_license, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware)],
+        middleware=[Middleware(RequestLogMiddleware, metrics=metrics)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from famprov import logs
 from famprov.api.errors import HTTP_MESSAGES, failure
+from famprov.api.metrics import Metrics
 from famprov.logs import log
 
 MAX_URI_BYTES = 8192
@@ -42,8 +43,9 @@ def _where(exc: BaseException) -> str:
 
 
 class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
         # Request ids need to be unique, not secret: a random prefix per
         # process and a counter are as good as fresh randomness, and cheaper.
         prefix = secrets.token_hex(4)
@@ -86,11 +88,14 @@ class RequestLogMiddleware:
                     scope, receive, send_with_id
                 )
         finally:
+            seconds = time.perf_counter() - started
+            outcome = state.get("outcome")
+            self.metrics.observe(scope["path"], status, seconds, outcome)
             log.info(
                 "request",
                 method=scope["method"],
                 path=loggable_path(scope["path"]),
                 status=status,
-                latency_ms=round((time.perf_counter() - started) * 1000, 2),
-                outcome=state.get("outcome"),
+                latency_ms=round(seconds * 1000, 2),
+                outcome=outcome,
             )

@@ -115,4 +115,5 @@ outbox = Table(
     Column("last_error", Text),
     Index("ix_outbox_due", "status", "next_attempt_at"),
     Index("ix_outbox_claim", "claim"),
+    Index("ix_outbox_license", "license_id"),
 )

@@ -83,6 +83,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index("ix_outbox_claim", ["claim"], unique=False)
+        batch_op.create_index("ix_outbox_license", ["license_id"], unique=False)
         batch_op.create_index(
             "ix_outbox_due", ["status", "next_attempt_at"], unique=False
         )
@@ -92,6 +93,7 @@ def downgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_due")
         batch_op.drop_index("ix_outbox_claim")
+        batch_op.drop_index("ix_outbox_license")
 
     op.drop_table("outbox")
     op.drop_table("licenses")
