@@ -4,6 +4,10 @@ Request counts and latencies are this process's; the outbox and license
 figures are read from the store at each scrape, so they are the service's.
 """
 
+# TODO: with `famprov serve --workers N` each scrape sees one process's
+# request counters only; summing them needs prometheus_client's multiprocess
+# mode (a shared folder set before the workers start).
+
 from __future__ import annotations
 
 import asyncio
