@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from famprov.cli import main
 from famprov.partners.hashing import compute_hash
-from support import V1_PATH, Partner
+from support import V1_PATH, Partner, only
 
 FAMPROV = str(Path(sys.executable).with_name("famprov"))
 
@@ -266,6 +266,7 @@ def test_provision_with_a_bad_url_is_one_line(env: dict[str, str]) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+@only("sqlite")  # a shared store needs the setting: test_store
 def test_vault_urls_follow_the_port_when_no_public_url_is_set(
     env: dict[str, str], partner: Partner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,3 +277,11 @@ def test_vault_urls_follow_the_port_when_no_public_url_is_set(
     with ServerProcess(env) as server:
         body = httpx.get(server.url + V1_PATH, params=partner.params()).json()
     assert body["vault_url"].startswith(server.url + "/invite/")
+
+
+def test_partner_names_differing_only_by_case_are_refused(
+    env: dict[str, str], partner: Partner
+) -> None:
+    result = cli("partner", "add", "ACME", "--salt", "other-salt-0123456789")
+    assert result.exit_code == 1
+    assert "partner 'acme' already exists" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from datetime import timedelta
@@ -393,3 +394,38 @@ def test_metrics_count_grants_and_invitations(
     assert 'famprov_invitations{state="sent"} 1.0' in text
     assert 'famprov_licenses{status="invited"} 1.0' in text
     assert "random-scan-path" not in text
+
+
+def test_oversized_request_head_is_431_json(server) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(200):  # 2 MB, far past the cap
+                sock.sendall(b"a" * 10_000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed: what we want
+        raw = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+
+    assert head.startswith(b"HTTP/1.1 431")
+    assert json.loads(body) == {
+        "success": False,
+        "message": "Request header fields too large",
+    }
+
+
+def test_invisible_characters_in_names_are_refused(
+    http: httpx.Client, partner: Partner
+) -> None:
+    for name in ("Ann\u200bLee", "An\u00adn", "\u202eAnn"):
+        response = http.get(V1_PATH, params=partner.params(first_name=name))
+        assert response.status_code == 400, name
+    joined = partner.params(first_name="\u0645\u200c\u0627")  # ZWNJ in Persian
+    assert http.get(V1_PATH, params=joined).status_code == 200

@@ -75,3 +75,43 @@ def test_embedded_store_refuses_several_serving_processes(settings: Settings) ->
     result = famprov("serve", "--workers", "2", settings=settings)
     assert result.returncode == 2
     assert "one serving process" in result.stderr
+
+
+def test_database_from_a_newer_famprov_is_named_so(settings: Settings, engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    for args in (["db", "upgrade"], ["db", "check"], ["license", "list"]):
+        result = famprov(*args, settings=settings)
+        assert result.returncode == 1, args
+        assert "revision 9999, which this famprov does not know" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_revision_refuses_to_write_an_empty_migration(
+    settings: Settings, engine
+) -> None:
+    result = famprov("db", "revision", "nothing", settings=settings)
+    assert result.returncode == 1
+    assert "no migration to write" in result.stderr
+
+
+@only("postgresql")
+def test_shared_store_hosts_need_a_public_url(settings: Settings, engine) -> None:
+    for args in (["serve", "--port", "1"], ["worker"]):
+        result = famprov(*args, settings=settings)
+        assert result.returncode == 2, args
+        assert "set FAMPROV_PUBLIC_URL" in result.stderr
+
+
+def test_missing_sqlite_folder_is_an_error_not_a_new_store(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/no/such/folder/famprov.db"
+    result = subprocess.run(
+        [FAMPROV, "license", "list"],
+        env={**os.environ, "FAMPROV_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()

@@ -125,11 +125,13 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
 
     from famprov.api.protocol import JsonErrorsProtocol
 
-    if "FAMPROV_PUBLIC_URL" not in os.environ:
-        # Vault URLs point at this server unless the operator says otherwise;
-        # the serving processes read the setting from the environment.
-        os.environ["FAMPROV_PUBLIC_URL"] = f"http://{host}:{port}"
     settings, engine = store()
+    if "FAMPROV_PUBLIC_URL" not in os.environ:
+        require_public_url(settings)
+        # On one machine, vault URLs point at this server unless the operator
+        # says otherwise; the serving processes read it from the environment.
+        os.environ["FAMPROV_PUBLIC_URL"] = f"http://{host}:{port}"
+        settings = load_settings()
     logs.configure(settings.log_format, settings.log_level)
     if workers > 1 and settings.is_embedded:
         fail(
@@ -164,6 +166,8 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
 def worker() -> None:
     """Deliver invitations, and serve nothing: for delivery-only hosts."""
     settings, engine = store()
+    if "FAMPROV_PUBLIC_URL" not in os.environ:
+        require_public_url(settings)
     logs.configure(settings.log_format, settings.log_level)
     delivery = DeliveryWorker.from_settings(settings, engine, SystemClock())
 
@@ -216,6 +220,16 @@ def db_check() -> None:
             click.echo(f"  {diff}", err=True)
         fail(f"the database differs from the models in {len(diffs)} place(s)")
     click.echo(f"database at {migrate.head()}, matching the models")
+
+
+def require_public_url(settings: Settings) -> None:
+    """A shared store has many hosts: each must build the same vault URLs."""
+    if not settings.is_embedded:
+        fail(
+            "set FAMPROV_PUBLIC_URL to the address people open (the load "
+            "balancer's): every host sharing this database must use the same",
+            2,
+        )
 
 
 def own_command() -> str:
@@ -406,6 +420,9 @@ def show_record(record: records.LicenseRecord, as_json: bool) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if not rows:
+        click.echo("(none)", err=True)
+        return
     grid = Table(*headers, box=None, pad_edge=False)
     for row in rows:
         grid.add_row(*row)
@@ -413,8 +430,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     # column is cut short.
     width = None if sys.stdout.isatty() else 10_000
     Console(width=width).print(grid)
-    if not rows:
-        click.echo("(none)", err=True)
 
 
 @main.command()

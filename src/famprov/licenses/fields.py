@@ -23,12 +23,14 @@ MAX_EMAIL = 254
 MAX_NAME = 100
 MAX_TRANSACTION_ID = 128
 
-# Characters no name, email or reference may hold: C0/C1 controls, line and
-# paragraph separators, lone surrogates, private-use and unassigned code
-# points, the byte-order mark, and the bidirectional controls that make text
-# display in another order than it reads.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
-_FORBIDDEN = frozenset("\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Characters no name, email or reference may hold: controls, invisible
+# format characters (zero-width space, soft hyphen, byte-order mark, the
+# bidirectional controls that make text display in another order than it
+# reads), line and paragraph separators, lone surrogates, private-use and
+# unassigned code points. The zero-width joiner and non-joiner stay: some
+# scripts spell names with them.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_JOINERS = frozenset("\u200c\u200d")
 MAX_LOCAL_PART = 64
 _SPECIAL_USE = tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
 
@@ -103,7 +105,7 @@ def has_forbidden(value: str) -> bool:
         # The only ASCII characters that are not printable are the controls.
         return not value.isprintable()
     return any(
-        c in _FORBIDDEN or unicodedata.category(c) in _FORBIDDEN_CATEGORIES
+        unicodedata.category(c) in _FORBIDDEN_CATEGORIES and c not in _JOINERS
         for c in value
     )
 

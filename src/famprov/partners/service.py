@@ -74,8 +74,13 @@ def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
     check_name(name)
     check_salt(salt)
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        if _find(conn, name) is not None:
-            raise OperatorError(f"partner {name!r} already exists")
+        taken = conn.execute(
+            select(partners.c.name).where(func.lower(partners.c.name) == name.lower())
+        ).scalar()
+        if taken is not None:
+            # Names are exact on the wire; two that differ by case only
+            # would be told apart by nobody but the hash.
+            raise OperatorError(f"partner {taken!r} already exists")
         now = clock.now()
         row_id = conn.execute(
             insert(partners).values(name=name, salt=salt, enabled=True, created_at=now)

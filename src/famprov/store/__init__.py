@@ -15,10 +15,17 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 
+from famprov.errors import FamprovError
+
 _SYNC_DRIVERS = {
     "sqlite": "sqlite+pysqlite",
     "postgresql": "postgresql+psycopg",
 }
+
+
+class StoreFolderError(FamprovError):
+    """The SQLite file's folder is missing."""
+
 
 # Execution option that makes a SQLite transaction take the write lock at
 # BEGIN, so two writers queue on busy_timeout instead of failing on upgrade.
@@ -37,7 +44,10 @@ def open_engine(url: URL, *, echo: bool = False) -> Engine:
         return create_engine(url, echo=echo, pool_pre_ping=True, hide_parameters=True)
 
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.database).parent
+        if not folder.is_dir():
+            # A mistyped path must not quietly become a new, empty store.
+            raise StoreFolderError(f"the database folder {folder} does not exist")
     # Statement values (emails, tokens, salts) never appear in the text of
     # an error or a log line.
     engine = create_engine(url, echo=echo, hide_parameters=True)

@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 
 from famprov.errors import FamprovError
@@ -43,13 +44,34 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    found = current(engine)
+    if found is not None and not known(found):
+        raise _newer(found)
     with engine.begin() as conn:
         command.upgrade(_config(conn), revision)
 
 
+def _newer(found: str) -> StoreNotReadyError:
+    return StoreNotReadyError(
+        f"the database is at revision {found}, which this famprov does not "
+        "know: a newer famprov migrated it; run that version here too"
+    )
+
+
 def revision(engine: Engine, message: str) -> str:
     """Autogenerate a migration from the models; return its file's path."""
+    if not differences(engine):
+        raise StoreNotReadyError(
+            "the models and the database agree: there is no migration to write"
+        )
     with engine.begin() as conn:
         script = command.revision(_config(conn), message=message, autogenerate=True)
     assert script is not None
@@ -66,6 +88,8 @@ def differences(engine: Engine) -> list[Any]:
 
 def require_current(engine: Engine) -> None:
     found = current(engine)
+    if found is not None and not known(found):
+        raise _newer(found)
     if found != head():
         state = "has no famprov tables" if found is None else "is behind famprov"
         raise StoreNotReadyError(
