@@ -164,7 +164,12 @@ def famprov_run(
     seconds: float,
     long_seconds: float,
 ) -> Run:
-    env = {**os.environ, **env, "FAMPROV_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        **env,
+        "FAMPROV_LOG_LEVEL": "warning",
+        "FAMPROV_PUBLIC_URL": "http://famprov.bench",
+    }
     subprocess.run([FAMPROV, "db", "upgrade"], env=env, check=True, capture_output=True)
     subprocess.run(
         [FAMPROV, "partner", "add", "bench", "--salt", SALT], env=env, check=True,
