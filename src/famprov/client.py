@@ -126,9 +126,22 @@ class _Policy:
         for attempt in range(self.retries):
             yield self.backoff * 2**attempt * random.uniform(0.5, 1.5)
 
-    @staticmethod
-    def retryable(response: httpx.Response) -> bool:
-        return response.status_code in RETRYABLE_STATUS
+    def settle(
+        self, answer: httpx.Response | Exception, delays: Iterator[float]
+    ) -> Grant | float:
+        """The grant, or how long to wait before trying again; raises a
+        refusal, or `Unavailable` once the retries are spent."""
+        if isinstance(answer, httpx.Response):
+            if answer.status_code not in RETRYABLE_STATUS:
+                return self.result(answer)
+            reason = f"server kept answering {answer.status_code}"
+        else:
+            reason = f"server unreachable: {type(answer).__name__}"
+        delay = next(delays, None)
+        if delay is None:
+            cause = answer if isinstance(answer, Exception) else None
+            raise Unavailable(reason) from cause
+        return delay
 
     @staticmethod
     def result(response: httpx.Response) -> Grant:
@@ -152,12 +165,6 @@ def _base_url(url: str) -> httpx.URL:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ClientError("server URL must be http:// or https:// with a host")
     return parsed
-
-
-def _gave_up(error: Exception | None, response: httpx.Response | None) -> Unavailable:
-    if response is not None:
-        return Unavailable(f"server kept answering {response.status_code}")
-    return Unavailable(f"server unreachable: {type(error).__name__}")
 
 
 class Client:
@@ -190,18 +197,13 @@ class Client:
         params = self._policy.params(transaction_id, first_name, email, last_name)
         delays = self._policy.delays()
         while True:
-            error: Exception | None = None
-            response: httpx.Response | None = None
             try:
-                response = self._http.get(PATH, params=params)
+                step = self._policy.settle(self._http.get(PATH, params=params), delays)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                error = exc
-            if response is not None and not self._policy.retryable(response):
-                return self._policy.result(response)
-            delay = next(delays, None)
-            if delay is None:
-                raise _gave_up(error, response) from error
-            time.sleep(delay)
+                step = self._policy.settle(exc, delays)
+            if isinstance(step, Grant):
+                return step
+            time.sleep(step)
 
     def close(self) -> None:
         self._http.close()
@@ -255,18 +257,14 @@ class AsyncClient:
         params = self._policy.params(transaction_id, first_name, email, last_name)
         delays = self._policy.delays()
         while True:
-            error: Exception | None = None
-            response: httpx.Response | None = None
             try:
                 response = await self._http.get(PATH, params=params)
+                step = self._policy.settle(response, delays)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                error = exc
-            if response is not None and not self._policy.retryable(response):
-                return self._policy.result(response)
-            delay = next(delays, None)
-            if delay is None:
-                raise _gave_up(error, response) from error
-            await asyncio.sleep(delay)
+                step = self._policy.settle(exc, delays)
+            if isinstance(step, Grant):
+                return step
+            await asyncio.sleep(step)
 
     async def aclose(self) -> None:
         await self._http.aclose()
