@@ -43,11 +43,11 @@ class _Item(Generic[J, R]):
     loop: asyncio.AbstractEventLoop
 
 
-# TODO: the writer thread shares the serving process's interpreter lock with
-# the event loop, and under load it spends more time waiting for the lock
-# than working (docs/performance.md): grants top out near 5,000/s on SQLite
-# where the writer alone commits 13,000. A writer process fed over a pipe
-# would let both run at once.
+# TODO: grants top out near 5,000/s on SQLite where the writer alone commits
+# 13,000 (docs/performance.md): under load the writer waits longer than it
+# works, and each request that waits for its batch costs the event loop
+# about 50 µs more than one answered at once. A writer process was tried and
+# gained only a fifth; the waiting path is where the rest is.
 
 
 class WriterClosedError(RuntimeError):
