@@ -194,29 +194,31 @@ class _Known:
         for job in jobs:
             by_partner[job.partner_id].append(job)
         for partner_id, group in by_partner.items():
-            txids = raw.any_of(sorted({job.transaction_id for job in group}))
+            txids = {job.transaction_id for job in group}
+            keys = {job.person.email_key for job in group}
+            by_txid, by_key = raw.any_of(sorted(txids)), raw.any_of(sorted(keys))
+            # One statement, so one snapshot: read in two, a license that
+            # another process commits in between could be missed by its
+            # transaction id yet seen as the person's live license, and a
+            # replay would be refused as a second grant.
             for row in conn.exec_driver_sql(
                 raw.sql(
-                    "SELECT transaction_id, order_number, vault_token, email_key, "  # noqa: S608 - the test holds placeholders only
-                    "first_name, last_name FROM licenses "
-                    f"WHERE partner_id = ? AND transaction_id {txids.test}"
+                    "SELECT id, transaction_id, live_email_key, order_number, "  # noqa: S608 - the tests hold placeholders only
+                    "vault_token, email_key, first_name, last_name, expires_at "
+                    f"FROM licenses WHERE partner_id = ? AND "
+                    f"(transaction_id {by_txid.test} OR live_email_key {by_key.test})"
                 ),
-                (partner_id, *txids.params),
+                (partner_id, *by_txid.params, *by_key.params),
             ):
-                known.earlier[(partner_id, row[0])] = _Earlier(
-                    row[1], row[2], (row[3], row[4], row[5])
-                )
-            keys = raw.any_of(sorted({job.person.email_key for job in group}))
-            for row in conn.exec_driver_sql(
-                raw.sql(
-                    "SELECT id, live_email_key, order_number, expires_at "  # noqa: S608 - the test holds placeholders only
-                    f"FROM licenses WHERE partner_id = ? AND live_email_key {keys.test}"
-                ),
-                (partner_id, *keys.params),
-            ):
-                known.holders[(partner_id, row[1])] = _Holder(
-                    row[0], row[2], raw.read_time(row[3])
-                )
+                license_id, txid, live_key, order, token, key, first, last = row[:8]
+                if txid in txids:
+                    known.earlier[(partner_id, txid)] = _Earlier(
+                        order, token, (key, first, last)
+                    )
+                if live_key is not None and live_key in keys:
+                    known.holders[(partner_id, live_key)] = _Holder(
+                        license_id, order, raw.read_time(row[8])
+                    )
         return known
 
     def decide(
