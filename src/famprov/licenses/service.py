@@ -200,15 +200,20 @@ class _Known:
             # One statement, so one snapshot: read in two, a license that
             # another process commits in between could be missed by its
             # transaction id yet seen as the person's live license, and a
-            # replay would be refused as a second grant.
+            # replay would be refused as a second grant. Each half keeps to
+            # its own unique index.
+            columns = (
+                "id, transaction_id, live_email_key, order_number, vault_token, "
+                "email_key, first_name, last_name, expires_at"
+            )
             for row in conn.exec_driver_sql(
                 raw.sql(
-                    "SELECT id, transaction_id, live_email_key, order_number, "  # noqa: S608 - the tests hold placeholders only
-                    "vault_token, email_key, first_name, last_name, expires_at "
-                    f"FROM licenses WHERE partner_id = ? AND "
-                    f"(transaction_id {by_txid.test} OR live_email_key {by_key.test})"
+                    f"SELECT {columns} FROM licenses WHERE partner_id = ? "  # noqa: S608 - the tests hold placeholders only
+                    f"AND transaction_id {by_txid.test} UNION ALL "
+                    f"SELECT {columns} FROM licenses WHERE partner_id = ? "
+                    f"AND live_email_key {by_key.test}"
                 ),
-                (partner_id, *by_txid.params, *by_key.params),
+                (partner_id, *by_txid.params, partner_id, *by_key.params),
             ):
                 license_id, txid, live_key, order, token, key, first, last = row[:8]
                 if txid in txids:
