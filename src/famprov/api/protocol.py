@@ -15,6 +15,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from famprov.api.errors import HTTP_MESSAGES
 from famprov.logs import log
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -32,9 +33,7 @@ def _answer(status: bytes, message: str) -> bytes:
 
 
 MALFORMED = _answer(b"400 Bad Request", "Invalid request - Malformed HTTP request")
-HEAD_TOO_LARGE = _answer(
-    b"431 Request Header Fields Too Large", "Request header fields too large"
-)
+HEAD_TOO_LARGE = _answer(b"431 Request Header Fields Too Large", HTTP_MESSAGES[431])
 
 
 class JsonErrorsProtocol(HttpToolsProtocol):
