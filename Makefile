@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run install test bench lint typecheck clean
+.PHONY: run install browser test bench lint typecheck clean
 
 # The runtime install: the package alone.
 $(VENV)/.run-installed: pyproject.toml
@@ -29,7 +29,15 @@ install: $(VENV)/.dev-installed
 run: $(VENV)/.run-installed
 	$(BIN)/famprov serve
 
-test: $(VENV)/.dev-installed
+# The page tests drive Debian's Chromium; Playwright's own browser download
+# needs hosts this project does not reach.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "test: installing chromium from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.dev-installed browser
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy

@@ -26,6 +26,8 @@ from famprov.store import open_engine
 from famprov.store.migrate import upgrade
 from support import SALT, LiveServer, Partner
 
+pytest_plugins = ["browser"]
+
 POSTGRES_URL = os.environ.get(
     "FAMPROV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
