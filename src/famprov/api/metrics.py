@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -94,6 +95,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The labelled children, found once: looking one up by its label
+        # values costs more than the observation itself.
+        self._latency_children: dict[str, Any] = {}
+        self._children: dict[tuple[str, int, str | None], tuple[Any, ...]] = {}
+
     def watch_store(self, engine: Engine) -> None:
         self.registry.register(StoreCollector(engine))
 
@@ -101,10 +107,25 @@ class Metrics:
         self, path: str, status: int, seconds: float, outcome: str | None
     ) -> None:
         route = path if path in ROUTES else "other"
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
-        if outcome is not None and "create-license" in route:
-            self.grants.labels(outcome).inc()
+        key = (route, status, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, str(status)),)
+            if outcome is not None and "create-license" in route:
+                children += (self.grants.labels(outcome),)
+            # Routes, statuses and outcomes are few, but bound the cache
+            # all the same.
+            if len(self._children) < 1000:
+                self._children[key] = children
+        for counter in children:
+            counter.inc()
+        self._latency(route).observe(seconds)
+
+    def _latency(self, route: str) -> Any:
+        child = self._latency_children.get(route)
+        if child is None:
+            child = self._latency_children[route] = self.latency.labels(route)
+        return child
 
 
 async def endpoint(request: Request) -> Response:

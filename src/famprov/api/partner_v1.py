@@ -1,8 +1,10 @@
 """The v1 partner endpoint, wire-compatible with the vendor's API.
 
-It is a plain ASGI endpoint rather than a Starlette request handler: every
-grant passes through here, and the request and response objects cost more
-than the little this needs of them.
+Every grant passes through here, so the endpoint is a plain ASGI app that
+the service dispatches to before Starlette's routing and middleware (see
+`famprov.api.app.FamprovApp`): those cost more per request than the
+endpoint's own work. It renders its domain errors itself, with the statuses
+and messages of the one registry in `famprov.api.errors`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote_to_bytes
 
-from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from famprov.errors import DuplicateParameterError, InvalidRequestError
+from famprov.api.errors import HTTP_MESSAGES, outcome_for, status_for
+from famprov.errors import DuplicateParameterError, FamprovError, InvalidRequestError
 from famprov.licenses.fields import PARAMETERS
-from famprov.licenses.service import GrantService, vault_url
+from famprov.licenses.service import Grant, GrantService, vault_url
 
+PATHS = frozenset({"/bi_api/v1/services/partner/create-license", "/create-license"})
 MAX_PARAMETERS = 32
 _JSON = (b"content-type", b"application/json")
 
@@ -56,33 +59,69 @@ def _decode(part: bytes) -> str:
     return part.decode()
 
 
+def failure_body(message: str) -> bytes:
+    return json.dumps(
+        {"success": False, "message": message}, separators=(",", ":")
+    ).encode()
+
+
 class CreateLicense:
     """``GET /create-license``: grant one person a family plan."""
 
+    def __init__(self) -> None:
+        self._public_url = ""
+        self._url_prefix = b""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["state"]
         if scope["method"] != "GET":
             # HEAD is GET without a body, and a GET here grants a license.
-            raise HTTPException(405, headers={"Allow": "GET"})
-        state = scope["app"].state
-        service: GrantService = state.grants
-        grant = await service.grant(parse_query(scope["query_string"]))
-        scope["state"]["outcome"] = "replayed" if grant.replayed else "granted"
-        body = json.dumps(
-            {
-                "success": True,
-                "order_number": grant.order_number,
-                "vault_url": vault_url(state.settings.public_url, grant.vault_token),
-            },
-            separators=(",", ":"),
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode())],
-            }
+            state["outcome"] = "method_not_allowed"
+            await _answer(send, 405, failure_body(HTTP_MESSAGES[405]), _ALLOW_GET)
+            return
+        app_state = scope["app"].state
+        service: GrantService = app_state.grants
+        try:
+            grant = await service.grant(parse_query(scope["query_string"]))
+        except FamprovError as exc:
+            state["outcome"] = outcome_for(exc)
+            await _answer(send, status_for(exc), failure_body(exc.message))
+            return
+        state["outcome"] = "replayed" if grant.replayed else "granted"
+        await _answer(send, 200, self._success(app_state.settings.public_url, grant))
+
+    def _success(self, public_url: str, grant: Grant) -> bytes:
+        if public_url != self._public_url:
+            # The vault URL's prefix, JSON-encoded once: order numbers and
+            # tokens are plain ASCII that JSON leaves as it is.
+            prefix = json.dumps(vault_url(public_url, ""))[:-1]
+            self._url_prefix = b'","vault_url":' + prefix.encode()
+            self._public_url = public_url
+        return b"".join(
+            (
+                b'{"success":true,"order_number":"',
+                grant.order_number.encode(),
+                self._url_prefix,
+                grant.vault_token.encode(),
+                b'"}',
+            )
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+_ALLOW_GET = (b"allow", b"GET")
+
+
+async def _answer(
+    send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", b"%d" % len(body)), *extra],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 create_license = CreateLicense()

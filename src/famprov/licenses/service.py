@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -35,7 +36,7 @@ from famprov.licenses import fields
 from famprov.licenses.plans import DEFAULT_PLAN, Plan
 from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
-from famprov.store.raw import RawSQL
+from famprov.store.raw import RawSQL, json_list
 from famprov.store.writer import BatchWriter
 
 INVITED, ACTIVE, EXPIRED, REVOKED = "invited", "active", "expired", "revoked"
@@ -133,29 +134,46 @@ class GrantService:
         each had come alone: a replay or a conflict with a grant earlier in
         the same batch is seen as one. A refused job writes nothing.
         """
-        raw = RawSQL(conn.dialect.name)
-        now = self._clock.now()
-        known = _Known.read(conn, raw, jobs, new_identities(len(jobs)))
+        sql = RawSQL(conn)
+        terms = _Terms(sql, self._clock.now())
+        known = _Known.read(sql, jobs, new_identities(len(jobs)))
         outcomes: list[Grant | FamprovError] = []
         created: list[tuple[GrantJob, Grant]] = []
         expired: list[int] = []
         for job in jobs:
-            outcome = known.decide(job, now, expired)
+            outcome = known.decide(job, terms, expired)
             if isinstance(outcome, Grant) and not outcome.replayed:
                 created.append((job, outcome))
             outcomes.append(outcome)
 
         if expired:
-            conn.exec_driver_sql(
-                raw.sql(
-                    "UPDATE licenses SET status = 'expired', live_email_key = NULL "
-                    "WHERE id = ?"
-                ),
+            sql.execute_many(
+                "UPDATE licenses SET status = 'expired', live_email_key = NULL "
+                "WHERE id = ?",
                 [(license_id,) for license_id in expired],
             )
         if created:
-            _insert(conn, raw, created, now)
+            _insert(sql, created, terms)
         return outcomes
+
+
+class _Terms:
+    """The times of one batch, each worked out once per plan."""
+
+    def __init__(self, sql: RawSQL, now: datetime) -> None:
+        self.now = now
+        self.stored_now = sql.time(now)
+        self._sql = sql
+        self._by_plan: dict[str, tuple[datetime, Any, str]] = {}
+
+    def of(self, plan: Plan) -> tuple[datetime, Any, str]:
+        """The plan's expiry, as a time and as stored, and its products."""
+        found = self._by_plan.get(plan.code)
+        if found is None:
+            ends = years_after(self.now, plan.term_years)
+            products = json.dumps(plan.product_codes)
+            found = self._by_plan[plan.code] = (ends, self._sql.time(ends), products)
+        return found
 
 
 @dataclass(slots=True)
@@ -184,8 +202,7 @@ class _Known:
     @classmethod
     def read(
         cls,
-        conn: Connection,
-        raw: RawSQL,
+        sql: RawSQL,
         jobs: Sequence[GrantJob],
         identities: Iterator[tuple[str, str]],
     ) -> _Known:
@@ -196,7 +213,7 @@ class _Known:
         for partner_id, group in by_partner.items():
             txids = {job.transaction_id for job in group}
             keys = {job.person.email_key for job in group}
-            by_txid, by_key = raw.any_of(sorted(txids)), raw.any_of(sorted(keys))
+            by_txid, by_key = sql.any_of(sorted(txids)), sql.any_of(sorted(keys))
             # One statement, so one snapshot: read in two, a license that
             # another process commits in between could be missed by its
             # transaction id yet seen as the person's live license, and a
@@ -206,13 +223,11 @@ class _Known:
                 "id, transaction_id, live_email_key, order_number, vault_token, "
                 "email_key, first_name, last_name, expires_at"
             )
-            for row in conn.exec_driver_sql(
-                raw.sql(
-                    f"SELECT {columns} FROM licenses WHERE partner_id = ? "  # noqa: S608 - the tests hold placeholders only
-                    f"AND transaction_id {by_txid.test} UNION ALL "
-                    f"SELECT {columns} FROM licenses WHERE partner_id = ? "
-                    f"AND live_email_key {by_key.test}"
-                ),
+            for row in sql.execute(
+                f"SELECT {columns} FROM licenses WHERE partner_id = ? "  # noqa: S608 - the tests hold placeholders only
+                f"AND transaction_id {by_txid.test} UNION ALL "
+                f"SELECT {columns} FROM licenses WHERE partner_id = ? "
+                f"AND live_email_key {by_key.test}",
                 (partner_id, *by_txid.params, partner_id, *by_key.params),
             ):
                 license_id, txid, live_key, order, token, key, first, last = row[:8]
@@ -222,12 +237,12 @@ class _Known:
                     )
                 if live_key is not None and live_key in keys:
                     known.holders[(partner_id, live_key)] = _Holder(
-                        license_id, order, raw.read_time(row[8])
+                        license_id, order, sql.read_time(row[8])
                     )
         return known
 
     def decide(
-        self, job: GrantJob, now: datetime, expired: list[int]
+        self, job: GrantJob, terms: _Terms, expired: list[int]
     ) -> Grant | FamprovError:
         person = job.person
         details = (person.email_key, person.first_name, person.last_name)
@@ -240,7 +255,7 @@ class _Known:
         holder_key = (job.partner_id, person.email_key)
         holder = self.holders.get(holder_key)
         if holder is not None:
-            if holder.expires_at > now:
+            if holder.expires_at > terms.now:
                 return ExistingLicenseError(holder.order_number)
             assert holder.license_id is not None  # one of ours has not expired
             expired.append(holder.license_id)
@@ -250,7 +265,7 @@ class _Known:
             grant.order_number, grant.vault_token, details
         )
         self.holders[holder_key] = _Holder(
-            None, grant.order_number, years_after(now, job.plan.term_years)
+            None, grant.order_number, terms.of(job.plan)[0]
         )
         return grant
 
@@ -278,65 +293,63 @@ _LICENSE_ARRAYS = [
     "timestamp",
     "text",
 ]
+_OUTBOX_COLUMNS = "license_id, kind, status, attempts, next_attempt_at, created_at"
 
 
-def _insert(
-    conn: Connection,
-    raw: RawSQL,
-    created: list[tuple[GrantJob, Grant]],
-    now: datetime,
-) -> None:
-    """Write each new license and, in the same transaction, its invitation."""
-    at = raw.time(now)
-    # Worked out once per plan in the batch, not once per license.
-    terms = {
-        job.plan.code: (
-            json.dumps(job.plan.product_codes),
-            raw.time(years_after(now, job.plan.term_years)),
+def _insert(sql: RawSQL, created: list[tuple[GrantJob, Grant]], terms: _Terms) -> None:
+    """Write each new license and, in the same transaction, its invitation.
+
+    Each statement takes the whole batch, so that the database does the
+    per-row work without the interpreter: one JSON array on SQLite, one
+    array per column on PostgreSQL.
+    """
+    at = terms.stored_now
+    rows = []
+    for job, grant in created:
+        _, ends, products = terms.of(job.plan)
+        person = job.person
+        rows.append(
+            (
+                grant.order_number,
+                job.partner_id,
+                job.transaction_id,
+                person.email,
+                person.email_key,
+                person.email_key,
+                person.first_name,
+                person.last_name,
+                job.plan.code,
+                products,
+                INVITED,
+                at,
+                at,
+                ends,
+                grant.vault_token,
+            )
         )
-        for job, _ in created
-    }
-    rows = [
-        (
-            grant.order_number,
-            job.partner_id,
-            job.transaction_id,
-            job.person.email,
-            job.person.email_key,
-            job.person.email_key,
-            job.person.first_name,
-            job.person.last_name,
-            job.plan.code,
-            terms[job.plan.code][0],
-            INVITED,
-            at,
-            at,
-            terms[job.plan.code][1],
-            grant.vault_token,
+    if sql.is_sqlite:
+        sql.execute(
+            f"INSERT INTO licenses ({_LICENSE_COLUMNS}) "  # noqa: S608 - placeholders only
+            f"SELECT {_SQLITE_ROW} FROM json_each(?) ORDER BY key",
+            (json_list(rows),),
         )
-        for job, grant in created
-    ]
-    if raw.is_sqlite:
-        conn.exec_driver_sql(
-            f"INSERT INTO licenses ({_LICENSE_COLUMNS}) VALUES ({raw.marks(15)})",  # noqa: S608 - placeholders only
-            rows,
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO outbox (license_id, kind, status, attempts, "
-            "next_attempt_at, created_at) "
+        sql.execute(
+            f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) "  # noqa: S608 - placeholders only
             "SELECT id, 'invitation', 'pending', 0, ?, ? FROM licenses "
-            "WHERE order_number = ?",
-            [(at, at, row[0]) for row in rows],
+            "WHERE order_number IN (SELECT value FROM json_each(?))",
+            (at, at, json_list([row[0] for row in rows])),
         )
         return
-    # PostgreSQL: the whole batch in one statement, one array per column,
-    # and the outbox rows from the licenses it inserted.
-    arrays = ", ".join(f"%s::{kind}[]" for kind in _LICENSE_ARRAYS)
-    conn.exec_driver_sql(
+    # PostgreSQL: the outbox rows from the licenses the same statement
+    # inserted.
+    sql.execute(
         f"WITH new AS (INSERT INTO licenses ({_LICENSE_COLUMNS}) "  # noqa: S608 - placeholders only
-        f"SELECT * FROM unnest({arrays}) RETURNING id) "
-        "INSERT INTO outbox (license_id, kind, status, attempts, "
-        "next_attempt_at, created_at) "
-        "SELECT id, 'invitation', 'pending', 0, %s, %s FROM new",
+        f"SELECT * FROM unnest({_POSTGRES_ARRAYS}) RETURNING id) "
+        f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) "
+        "SELECT id, 'invitation', 'pending', 0, ?, ? FROM new",
         (*(list(column) for column in zip(*rows, strict=True)), at, at),
     )
+
+
+_SQLITE_ROW = ", ".join(f"value ->> {i}" for i in range(len(_LICENSE_ARRAYS)))
+_POSTGRES_ARRAYS = ", ".join(f"?::{kind}[]" for kind in _LICENSE_ARRAYS)

@@ -1,17 +1,23 @@
 """Driver-level SQL for the grant path, on either backend.
 
 The batching writer runs a handful of statements per batch, each over many
-rows; at that rate SQLAlchemy's per-row work costs more than the database's.
-These helpers let that one path hand plain SQL and tuples to the driver,
-with the placeholders and the storage of times each backend expects. Every
-other path goes through SQLAlchemy Core.
+rows; at that rate SQLAlchemy's per-statement and per-row work costs more
+than the database's, and it runs on the interpreter lock that the event loop
+needs. `RawSQL` hands plain SQL and values straight to the driver connection
+under a SQLAlchemy connection (inside its transaction), with the
+placeholders, lists and times each backend expects. Every other path goes
+through SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,28 +28,40 @@ class AnyOf:
     params: tuple[Any, ...]
 
 
+def json_list(values: Sequence[Any]) -> str:
+    """A JSON array for SQLite's ``json_each``: one value for many rows."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+
+
 class RawSQL:
-    def __init__(self, dialect: str) -> None:
-        self._sqlite = dialect == "sqlite"
+    """Statements written with ``?`` placeholders, run on the driver."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._sqlite = conn.dialect.name == "sqlite"
+        self._driver: Any = conn.connection.driver_connection
 
     @property
     def is_sqlite(self) -> bool:
         return self._sqlite
 
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; the result iterates over its rows."""
+        return self._driver.execute(self.sql(statement), params)
+
+    def execute_many(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
+        self._driver.cursor().executemany(self.sql(statement), params)
+
     def any_of(self, values: list[Any]) -> AnyOf:
-        """SQLite takes a list of placeholders; PostgreSQL one array, which
-        keeps the statement's text the same for every batch, so the server
-        plans it once."""
+        """One parameter for the whole list, so that the statement's text is
+        the same for every batch and is prepared once: a JSON array on
+        SQLite, an array on PostgreSQL."""
         if self._sqlite:
-            return AnyOf(f"IN ({self.marks(len(values))})", tuple(values))
+            return AnyOf("IN (SELECT value FROM json_each(?))", (json_list(values),))
         return AnyOf("= ANY(?)", (values,))
 
     def sql(self, text: str) -> str:
         """Write statements with ``?``; psycopg takes ``%s``."""
         return text if self._sqlite else text.replace("?", "%s")
-
-    def marks(self, count: int) -> str:
-        return ", ".join(["?"] * count)
 
     def time(self, value: datetime) -> Any:
         """A time as `famprov.store.schema.UTCDateTime` stores it."""

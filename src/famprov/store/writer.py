@@ -76,6 +76,10 @@ class BatchWriter(Generic[J, R]):
         self._queue: queue.SimpleQueue[_Item[J, R] | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # The writer thread's own connection, kept from batch to batch.
+        self._conn: Connection | None = None
+        driver = engine.dialect.loaded_dbapi
+        self._integrity_errors = (IntegrityError, driver.IntegrityError)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -101,12 +105,17 @@ class BatchWriter(Generic[J, R]):
         return await future
 
     def _run(self) -> None:
-        while True:
-            batch, stop = self._take()
-            if batch:
-                self._write_batch(batch)
-            if stop:
-                return
+        try:
+            while True:
+                batch, stop = self._take()
+                if batch:
+                    self._write_batch(batch)
+                if stop:
+                    return
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _take(self) -> tuple[list[_Item[J, R]], bool]:
         first = self._queue.get()
@@ -125,9 +134,11 @@ class BatchWriter(Generic[J, R]):
 
     def _write_batch(self, batch: list[_Item[J, R]]) -> None:
         try:
-            with self._connect() as conn, conn.begin():
+            conn = self._connection()
+            with conn.begin():
                 outcomes = self._apply(conn, [item.job for item in batch])
         except Exception as exc:
+            self._disconnect()
             log.warning(
                 "writer_batch_failed", batch=len(batch), error=type(exc).__name__
             )
@@ -141,9 +152,10 @@ class BatchWriter(Generic[J, R]):
         """Write one job in its own transaction, retrying lost races."""
         for attempt in range(self._retries + 1):
             try:
-                with self._connect() as conn, conn.begin():
+                conn = self._connection()
+                with conn.begin():
                     [outcome] = self._apply(conn, [item.job])
-            except IntegrityError as exc:
+            except self._integrity_errors as exc:
                 # A unique key taken by another process between our read and
                 # our insert: read again, and the job sees the winner's row.
                 if attempt < self._retries:
@@ -151,14 +163,25 @@ class BatchWriter(Generic[J, R]):
                 _settle([(item, exc)])
                 return
             except Exception as exc:
+                self._disconnect()
                 _settle([(item, exc)])
                 return
             self._committed()
             _settle([(item, outcome)])
             return
 
-    def _connect(self) -> Connection:
-        return self._engine.connect().execution_options(**WRITE)
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect().execution_options(**WRITE)
+        return self._conn
+
+    def _disconnect(self) -> None:
+        """Drop the connection after an error: the next batch starts afresh."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
 
     def _committed(self) -> None:
         if self._after_commit is not None:
