@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 from sqlalchemy import text
 
+from famprov.clock import FixedClock
 from famprov.config import Settings
-from support import FAMPROV, only
+from support import FAMPROV, V1_PATH, LiveServer, only, wait_for
 
 
 def famprov(
@@ -115,3 +119,23 @@ def test_missing_sqlite_folder_is_an_error_not_a_new_store(tmp_path) -> None:
     assert result.returncode == 1
     assert "does not exist" in result.stderr
     assert not (tmp_path / "no").exists()
+
+
+@only("sqlite")
+def test_embedded_store_checkpoints_beside_the_writer(
+    settings: Settings, engine, partner
+) -> None:
+    """The writer's commits leave checkpoints to a thread of their own, and
+    the database file takes in the grants while the server runs (20 grants are
+    too few for SQLite's own automatic checkpoint)."""
+    database = Path(settings.database.database or "")
+    migrated = database.stat().st_size
+    with LiveServer(settings, FixedClock(datetime(2026, 3, 10, tzinfo=UTC))) as live:
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            for n in range(20):
+                email = f"p{n}@example.com"
+                answer = http.get(
+                    V1_PATH, params=partner.params(transaction_id=str(n), email=email)
+                )
+                assert answer.status_code == 200
+        wait_for(lambda: database.stat().st_size > migrated)

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from famprov.errors import FamprovError
 from famprov.logs import log
 from famprov.store import WRITE
+from famprov.store.checkpoint import Checkpointer, prepare_writer
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -78,10 +79,13 @@ class BatchWriter(Generic[J, R]):
         self._closed = False
         # The writer thread's own connection, kept from batch to batch.
         self._conn: Connection | None = None
+        # It turns SQLite's automatic checkpoints off; these run instead.
+        self._checkpointer = Checkpointer(engine)
         driver = engine.dialect.loaded_dbapi
         self._integrity_errors = (IntegrityError, driver.IntegrityError)
 
     def start(self) -> None:
+        self._checkpointer.start()
         self._thread = threading.Thread(
             target=self._run, name="famprov-writer", daemon=True
         )
@@ -94,6 +98,7 @@ class BatchWriter(Generic[J, R]):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._checkpointer.stop()
 
     async def write(self, job: J) -> R:
         """Queue the job and wait, without blocking the loop, for its commit."""
@@ -172,7 +177,9 @@ class BatchWriter(Generic[J, R]):
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = self._engine.connect().execution_options(**WRITE)
+            conn = self._engine.connect().execution_options(**WRITE)
+            prepare_writer(conn)
+            self._conn = conn
         return self._conn
 
     def _disconnect(self) -> None:
