@@ -11,11 +11,18 @@ figures are read from the store at each scrape, so they are the service's.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from starlette.requests import Request
@@ -36,6 +43,9 @@ ROUTES = frozenset(
         "/metrics",
     }
 )
+GRANT_ROUTES = frozenset(
+    {"/bi_api/v1/services/partner/create-license", "/create-license"}
+)
 
 
 class StoreCollector(Collector):
@@ -44,7 +54,7 @@ class StoreCollector(Collector):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
             by_state = conn.execute(
                 select(outbox.c.status, func.count()).group_by(outbox.c.status)
@@ -70,62 +80,86 @@ class StoreCollector(Collector):
         yield stored
 
 
-class Metrics:
-    """The metrics of one serving process."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_BOUNDS = [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+
+
+class RequestCollector(Collector):
+    """Request counts and latencies, kept as plain numbers.
+
+    Every request adds to them, on the event loop's thread only, so they
+    need none of the locks of prometheus_client's own metric objects, which
+    cost more than the rest of the bookkeeping; they become metric families
+    at scrape time.
+    """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "famprov_http_requests",
-            "HTTP requests answered, by route and status",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "famprov_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route",
-            ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=self.registry,
-        )
-        self.grants = Counter(
-            "famprov_grants",
-            "Answers of the partner endpoint, by outcome",
-            ["outcome"],
-            registry=self.registry,
-        )
-
-        # The labelled children, found once: looking one up by its label
-        # values costs more than the observation itself.
-        self._latency_children: dict[str, Any] = {}
-        self._children: dict[tuple[str, int, str | None], tuple[Any, ...]] = {}
-
-    def watch_store(self, engine: Engine) -> None:
-        self.registry.register(StoreCollector(engine))
+        self.requests: dict[tuple[str, int], int] = defaultdict(int)
+        self.grants: dict[str, int] = defaultdict(int)
+        # Per route: a count per bucket (the last one is +Inf), and the sum.
+        self.latency: dict[str, list[float]] = {}
 
     def observe(
         self, path: str, status: int, seconds: float, outcome: str | None
     ) -> None:
         route = path if path in ROUTES else "other"
-        key = (route, status, outcome)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, str(status)),)
-            if outcome is not None and "create-license" in route:
-                children += (self.grants.labels(outcome),)
-            # Routes, statuses and outcomes are few, but bound the cache
-            # all the same.
-            if len(self._children) < 1000:
-                self._children[key] = children
-        for counter in children:
-            counter.inc()
-        self._latency(route).observe(seconds)
+        self.requests[(route, status)] += 1
+        if outcome is not None and route in GRANT_ROUTES:
+            self.grants[outcome] += 1
+        counts = self.latency.get(route)
+        if counts is None:
+            counts = self.latency[route] = [0] * (len(LATENCY_BUCKETS) + 2)
+        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
 
-    def _latency(self, route: str) -> Any:
-        child = self._latency_children.get(route)
-        if child is None:
-            child = self._latency_children[route] = self.latency.labels(route)
-        return child
+    def collect(self) -> Iterator[Metric]:
+        # Scrapes run on another thread; copying a dict or a list is one step
+        # under the interpreter lock, so each copy is consistent.
+        by_status = list(self.requests.items())
+        by_outcome = list(self.grants.items())
+        by_route = [
+            (route, list(counts)) for route, counts in list(self.latency.items())
+        ]
+        requests = CounterMetricFamily(
+            "famprov_http_requests",
+            "HTTP requests answered, by route and status",
+            labels=["route", "status"],
+        )
+        for (route, status), count in sorted(by_status):
+            requests.add_metric([route, str(status)], count)
+        latency = HistogramMetricFamily(
+            "famprov_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            labels=["route"],
+        )
+        for route, counts in sorted(by_route):
+            cumulative = accumulate(counts[:-1])
+            latency.add_metric(
+                [route], list(zip(_BOUNDS, cumulative, strict=True)), counts[-1]
+            )
+        grants = CounterMetricFamily(
+            "famprov_grants",
+            "Answers of the partner endpoint, by outcome",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(by_outcome):
+            grants.add_metric([outcome], count)
+        yield requests
+        yield latency
+        yield grants
+
+
+class Metrics:
+    """The metrics of one serving process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = RequestCollector()
+        self.registry.register(self._requests)
+        self.observe = self._requests.observe
+
+    def watch_store(self, engine: Engine) -> None:
+        self.registry.register(StoreCollector(engine))
 
 
 async def endpoint(request: Request) -> Response:

@@ -68,8 +68,11 @@ class RequestLogMiddleware:
             if message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
-                headers = [*message.get("headers", ()), (b"x-request-id", rid)]
-                message = {**message, "headers": headers}
+                # Each response start is a fresh message of its sender's.
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", rid),
+                ]
             await send(message)
 
         try:

@@ -40,7 +40,7 @@ def parse_query(raw: bytes) -> dict[str, str]:
             if not piece:
                 continue
             name, _, value = piece.partition(b"=")
-            key = _decode(name)
+            key = _NAMES.get(name) or _decode(name)
             if key not in PARAMETERS:
                 continue
             if key in params:
@@ -51,6 +51,10 @@ def parse_query(raw: bytes) -> dict[str, str]:
             "Invalid request - Parameters must be UTF-8"
         ) from None
     return params
+
+
+# The parameter names as they arrive, nearly always: no decoding needed.
+_NAMES = {name.encode(): name for name in PARAMETERS}
 
 
 def _decode(part: bytes) -> str:

@@ -136,6 +136,10 @@ def _plain_ascii(email: str) -> tuple[str, str, bool] | None:
     return f"{local}@{domain}", f"{local.casefold()}@{domain}", False
 
 
+def _invalid_email() -> InvalidFieldError:
+    return InvalidFieldError("Invalid request - Invalid email address")
+
+
 def normalise_email(email: str) -> tuple[str, str, bool]:
     """Return the email to store and send to, its comparison key, and
     whether delivery needs SMTPUTF8.
@@ -143,17 +147,16 @@ def normalise_email(email: str) -> tuple[str, str, bool]:
     White space around the address is an error, never trimmed: a partner
     whose export holds ``ann@example.com `` must hear about it.
     """
-    invalid = InvalidFieldError("Invalid request - Invalid email address")
     if len(email) > MAX_EMAIL or email != email.strip() or has_forbidden(email):
-        raise invalid
+        raise _invalid_email()
     plain = _plain_ascii(email)
     if plain is not None:
         return plain
     try:
         checked = validate_email(email, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
-        raise invalid from None
+        raise _invalid_email() from None
     if len(checked.local_part.encode()) > MAX_LOCAL_PART:
-        raise invalid
+        raise _invalid_email()
     key = f"{checked.local_part.casefold()}@{checked.ascii_domain}"
     return checked.normalized, key, checked.ascii_email is None
