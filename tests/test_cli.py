@@ -285,3 +285,13 @@ def test_partner_names_differing_only_by_case_are_refused(
     result = cli("partner", "add", "ACME", "--salt", "other-salt-0123456789")
     assert result.exit_code == 1
     assert "partner 'acme' already exists" in result.output
+
+
+@only("sqlite")
+def test_several_writer_threads_are_refused_on_sqlite(env: dict[str, str]) -> None:
+    result = famprov("serve", "--port", "1", env={**env, "FAMPROV_WRITER_THREADS": "2"})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "famprov: error: setting FAMPROV_WRITER_THREADS Value error, "
+        "above 1 needs PostgreSQL: SQLite takes one writer\n"
+    )

@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             PartnerDirectory(engine, settings.partner_cache_seconds),
             clock,
             batch_size=settings.writer_batch_size,
+            writer_threads=settings.writer_thread_count,
             after_commit=delivery.wake if deliver else None,
         )
         metrics.watch_store(engine)

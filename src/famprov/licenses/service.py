@@ -99,12 +99,17 @@ class GrantService:
         clock: Clock,
         *,
         batch_size: int = 256,
+        writer_threads: int = 1,
         after_commit: Callable[[], None] | None = None,
     ) -> None:
         self._directory = directory
         self._clock = clock
         self._writer: BatchWriter[GrantJob, Grant] = BatchWriter(
-            engine, self.record, max_batch=batch_size, after_commit=after_commit
+            engine,
+            self.record,
+            max_batch=batch_size,
+            threads=writer_threads,
+            after_commit=after_commit,
         )
 
     def start(self) -> None:

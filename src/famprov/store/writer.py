@@ -56,7 +56,13 @@ class WriterClosedError(RuntimeError):
 
 
 class BatchWriter(Generic[J, R]):
-    """Runs ``apply`` over the queued jobs, one commit per batch."""
+    """Runs ``apply`` over the queued jobs, one commit per batch.
+
+    ``threads`` writer threads take batches from one queue, each on a
+    connection of its own, so that one batch can be written while another
+    waits for its commit to reach the disk. SQLite takes one writer at a
+    time, so there it is one thread.
+    """
 
     _STOP = object()
 
@@ -66,19 +72,25 @@ class BatchWriter(Generic[J, R]):
         apply: ApplyBatch[J, R],
         *,
         max_batch: int = 256,
+        threads: int = 1,
         after_commit: Callable[[], None] | None = None,
         retries: int = 3,
     ) -> None:
+        if threads < 1 or (threads > 1 and engine.dialect.name == "sqlite"):
+            raise ValueError("SQLite takes one writer thread")
         self._engine = engine
         self._apply = apply
         self._max_batch = max_batch
         self._after_commit = after_commit
         self._retries = retries
         self._queue: queue.SimpleQueue[_Item[J, R] | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads = [
+            threading.Thread(
+                target=self._run, name=f"famprov-writer-{n}", daemon=True
+            )
+            for n in range(threads)
+        ]
         self._closed = False
-        # The writer thread's own connection, kept from batch to batch.
-        self._conn: Connection | None = None
         # It turns SQLite's automatic checkpoints off; these run instead.
         self._checkpointer = Checkpointer(engine)
         driver = engine.dialect.loaded_dbapi
@@ -86,18 +98,17 @@ class BatchWriter(Generic[J, R]):
 
     def start(self) -> None:
         self._checkpointer.start()
-        self._thread = threading.Thread(
-            target=self._run, name="famprov-writer", daemon=True
-        )
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Write what is queued, then stop the thread."""
+        """Write what is queued, then stop the threads."""
         self._closed = True
-        self._queue.put(self._STOP)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for _ in self._threads:
+            self._queue.put(self._STOP)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
         self._checkpointer.stop()
 
     async def write(self, job: J) -> R:
@@ -110,17 +121,16 @@ class BatchWriter(Generic[J, R]):
         return await future
 
     def _run(self) -> None:
+        session = _Session(self._engine)
         try:
             while True:
                 batch, stop = self._take()
                 if batch:
-                    self._write_batch(batch)
+                    self._write_batch(session, batch)
                 if stop:
                     return
         finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            session.close()
 
     def _take(self) -> tuple[list[_Item[J, R]], bool]:
         first = self._queue.get()
@@ -137,62 +147,69 @@ class BatchWriter(Generic[J, R]):
             batch.append(item)  # type: ignore[arg-type]
         return batch, False
 
-    def _write_batch(self, batch: list[_Item[J, R]]) -> None:
+    def _write_batch(self, session: _Session, batch: list[_Item[J, R]]) -> None:
         try:
-            conn = self._connection()
+            conn = session.connection()
             with conn.begin():
                 outcomes = self._apply(conn, [item.job for item in batch])
         except Exception as exc:
-            self._disconnect()
+            session.close()
             log.warning(
                 "writer_batch_failed", batch=len(batch), error=type(exc).__name__
             )
             for item in batch:
-                self._write_alone(item)
+                self._write_alone(session, item)
             return
         self._committed()
         _settle(list(zip(batch, outcomes, strict=True)))
 
-    def _write_alone(self, item: _Item[J, R]) -> None:
+    def _write_alone(self, session: _Session, item: _Item[J, R]) -> None:
         """Write one job in its own transaction, retrying lost races."""
         for attempt in range(self._retries + 1):
             try:
-                conn = self._connection()
+                conn = session.connection()
                 with conn.begin():
                     [outcome] = self._apply(conn, [item.job])
             except self._integrity_errors as exc:
-                # A unique key taken by another process between our read and
+                # A unique key taken by another writer between our read and
                 # our insert: read again, and the job sees the winner's row.
                 if attempt < self._retries:
                     continue
                 _settle([(item, exc)])
                 return
             except Exception as exc:
-                self._disconnect()
+                session.close()
                 _settle([(item, exc)])
                 return
             self._committed()
             _settle([(item, outcome)])
             return
 
-    def _connection(self) -> Connection:
+    def _committed(self) -> None:
+        if self._after_commit is not None:
+            self._after_commit()
+
+
+class _Session:
+    """A writer thread's connection, kept from batch to batch."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    def connection(self) -> Connection:
         if self._conn is None:
             conn = self._engine.connect().execution_options(**WRITE)
             prepare_writer(conn)
             self._conn = conn
         return self._conn
 
-    def _disconnect(self) -> None:
-        """Drop the connection after an error: the next batch starts afresh."""
+    def close(self) -> None:
+        """Let the connection go; after an error, the next batch reconnects."""
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.invalidate()
                 self._conn.close()
             self._conn = None
-
-    def _committed(self) -> None:
-        if self._after_commit is not None:
-            self._after_commit()
 
 
 _Done = list[tuple[_Item[Any, Any], Any]]
