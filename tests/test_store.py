@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from famprov.clock import FixedClock
 from famprov.config import Settings
+from famprov.partners import service as partner_service
+from famprov.partners.service import find_partner
 from support import FAMPROV, V1_PATH, LiveServer, only, wait_for
 
 
@@ -139,3 +143,27 @@ def test_embedded_store_checkpoints_beside_the_writer(
                 )
                 assert answer.status_code == 200
         wait_for(lambda: database.stat().st_size > migrated)
+
+
+def test_partners_missing_together_are_read_once(
+    engine, partner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a partner's cache entry runs out under a burst, its requests share
+    one read of the store instead of each sending its own."""
+    reads: list[str] = []
+
+    def counted(engine_: object, name: str) -> object:
+        reads.append(name)
+        return find_partner(engine, name)
+
+    monkeypatch.setattr(partner_service, "find_partner", counted)
+    directory = partner_service.PartnerDirectory(engine, ttl_seconds=60)
+
+    async def burst() -> list[object]:
+        return list(
+            await asyncio.gather(*(directory.get(partner.name) for _ in range(50)))
+        )
+
+    found = asyncio.run(burst())
+    assert reads == [partner.name]
+    assert {getattr(p, "name", None) for p in found} == {partner.name}

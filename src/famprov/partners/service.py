@@ -148,6 +148,9 @@ class PartnerDirectory:
         self._engine = engine
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, Partner | None]] = {}
+        # One read of the store per name at a time: the requests that miss
+        # together (a partner's burst, when its entry runs out) share it.
+        self._reading: dict[str, asyncio.Future[Partner | None]] = {}
 
     async def get(self, name: str) -> Partner | None:
         if len(name) > 64:
@@ -156,7 +159,18 @@ class PartnerDirectory:
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        partner = await asyncio.to_thread(find_partner, self._engine, name)
+        reading = self._reading.get(name)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(name, now))
+            self._reading[name] = reading
+        # A cancelled request must not cancel the read its neighbours share.
+        return await asyncio.shield(reading)
+
+    async def _read(self, name: str, now: float) -> Partner | None:
+        try:
+            partner = await asyncio.to_thread(find_partner, self._engine, name)
+        finally:
+            del self._reading[name]
         self._cache.pop(name, None)
         if len(self._cache) >= CACHE_ENTRIES:
             del self._cache[next(iter(self._cache))]
