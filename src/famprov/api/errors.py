@@ -9,6 +9,8 @@ to reach the app is answered by `famprov.api.protocol`.
 
 from __future__ import annotations
 
+import json
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,6 +46,13 @@ def failure(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     return JSONResponse({"success": False, "message": message}, status, headers)
+
+
+def failure_body(message: str) -> bytes:
+    """The body of `failure`, for the paths that write their answer raw."""
+    return json.dumps(
+        {"success": False, "message": message}, separators=(",", ":")
+    ).encode()
 
 
 def status_for(exc: FamprovError) -> int:

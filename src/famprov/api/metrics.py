@@ -28,23 +28,19 @@ from sqlalchemy import Engine, func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
+from famprov.api import partner_v1
 from famprov.store.schema import licenses, outbox
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Only these paths are labels; anything else counts as "other", so that a
 # scan of random URLs cannot grow the metrics without bound.
-ROUTES = frozenset(
+ROUTES = partner_v1.PATHS | frozenset(
     {
-        "/bi_api/v1/services/partner/create-license",
-        "/create-license",
         "/healthz",
         "/readyz",
         "/metrics",
     }
-)
-GRANT_ROUTES = frozenset(
-    {"/bi_api/v1/services/partner/create-license", "/create-license"}
 )
 
 
@@ -104,7 +100,7 @@ class RequestCollector(Collector):
     ) -> None:
         route = path if path in ROUTES else "other"
         self.requests[(route, status)] += 1
-        if outcome is not None and route in GRANT_ROUTES:
+        if outcome is not None and route in partner_v1.PATHS:
             self.grants[outcome] += 1
         counts = self.latency.get(route)
         if counts is None:

@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
-from famprov.api.errors import HTTP_MESSAGES, outcome_for, status_for
+from famprov.api.errors import HTTP_MESSAGES, failure_body, outcome_for, status_for
 from famprov.errors import DuplicateParameterError, FamprovError, InvalidRequestError
 from famprov.licenses.fields import PARAMETERS
 from famprov.licenses.service import Grant, GrantService, vault_url
@@ -61,12 +61,6 @@ def _decode(part: bytes) -> str:
     if b"%" in part or b"+" in part:
         part = unquote_to_bytes(part.replace(b"+", b" "))
     return part.decode()
-
-
-def failure_body(message: str) -> bytes:
-    return json.dumps(
-        {"success": False, "message": message}, separators=(",", ":")
-    ).encode()
 
 
 class CreateLicense:

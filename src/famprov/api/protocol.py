@@ -10,21 +10,18 @@ two changes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from famprov.api.errors import HTTP_MESSAGES
+from famprov.api.errors import HTTP_MESSAGES, failure_body
 from famprov.logs import log
 
 MAX_HEAD_BYTES = 64 * 1024
 
 
 def _answer(status: bytes, message: str) -> bytes:
-    body = json.dumps(
-        {"success": False, "message": message}, separators=(",", ":")
-    ).encode()
+    body = failure_body(message)
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"content-type: application/json\r\n"

@@ -85,9 +85,7 @@ class BatchWriter(Generic[J, R]):
         self._retries = retries
         self._queue: queue.SimpleQueue[_Item[J, R] | object] = queue.SimpleQueue()
         self._threads = [
-            threading.Thread(
-                target=self._run, name=f"famprov-writer-{n}", daemon=True
-            )
+            threading.Thread(target=self._run, name=f"famprov-writer-{n}", daemon=True)
             for n in range(threads)
         ]
         self._closed = False
