@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from famprov import logs
-from famprov.api import partner_v1
+from famprov.api import openapi, partner_v1
 from famprov.api.errors import HANDLERS, failure
 from famprov.api.metrics import Metrics
 from famprov.api.metrics import endpoint as metrics_endpoint
@@ -98,6 +98,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *openapi.routes(),
     ]
     app = Starlette(
         routes=routes,

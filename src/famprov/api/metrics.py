@@ -33,6 +33,9 @@ ROUTES = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/openapi.yaml",
+        "/openapi.json",
+        "/docs",
     }
 )
 
