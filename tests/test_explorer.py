@@ -31,9 +31,7 @@ def test_explorer_shows_the_operations_and_tries_one_out(
     expect(page.locator(".opblock-summary-path").first).to_have_text(
         "/bi_api/v1/services/partner/create-license"
     )
-    expect(page.locator(".opblock-summary-path").nth(1)).to_have_text(
-        "/create-license"
-    )
+    expect(page.locator(".opblock-summary-path").nth(1)).to_have_text("/create-license")
     browser_page.screenshot("operations")
 
     # Try it out on the short path, with the definition's example values and
