@@ -181,9 +181,14 @@ def test_answers_beyond_the_generator_match_the_definition(
     )
     assert status == 400
     check_against_definition(path, status, body)
+    # Answered before the app: JSON still, without a request id, as documented.
+    assert b"content-type: application/json" in head
+    assert b"x-request-id" not in head
     big_head = (
         b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000
     )
     status, head, body = raw_request(server, big_head)
     assert status == 431
     check_against_definition(path, status, body)
+    assert b"content-type: application/json" in head
+    assert b"x-request-id" not in head
