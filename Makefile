@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run install browser test bench lint typecheck clean
+.PHONY: run install browser newman test bench lint typecheck clean
 
 # The runtime install: the package alone.
 $(VENV)/.run-installed: pyproject.toml
@@ -37,7 +37,19 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.dev-installed browser
+# The suite runs the generated Postman collection with newman, Postman's own
+# runner, from npm; node and npm come from Debian's packages when missing.
+NEWMAN := $(VENV)/node/node_modules/.bin/newman
+$(NEWMAN):
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "test: installing node and npm from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq nodejs npm >/dev/null; }
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node newman@6
+
+newman: $(NEWMAN)
+
+test: $(VENV)/.dev-installed browser newman
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy

@@ -76,7 +76,10 @@ def open_page(browser: Browser, test_name: str) -> Iterator[BrowserPage]:
         context.close()
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API runs, its event
+# loop counts as running in the main thread, and every later `asyncio.run`
+# in the suite would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = launch(playwright)

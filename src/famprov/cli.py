@@ -26,6 +26,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from famprov import __version__, client, logs
+from famprov.api import openapi as definition
+from famprov.api import postman
 from famprov.clock import SystemClock
 from famprov.config import Settings
 from famprov.errors import FamprovError
@@ -430,6 +432,44 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     # column is cut short.
     width = None if sys.stdout.isatty() else 10_000
     Console(width=width).print(grid)
+
+
+@main.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the definition as JSON, not YAML."
+)
+@click.option(
+    "--postman",
+    "postman_file",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    metavar="[FILE]",
+    help="Write a Postman collection (v2.1) instead, to FILE or to stdout.",
+)
+@click.option(
+    "--base-url",
+    default=postman.DEFAULT_BASE_URL,
+    show_default=True,
+    help="The server the Postman collection calls (its baseUrl variable).",
+)
+def openapi(as_json: bool, postman_file: str | None, base_url: str) -> None:
+    """Print the partner API's OpenAPI definition, or a Postman collection."""
+    if postman_file is None:
+        click.echo(
+            definition.definition_json() if as_json else definition.definition_yaml(),
+            nl=False,
+        )
+        return
+    if as_json:
+        fail("give --json or --postman, not both: the collection is JSON", 2)
+    text = postman.to_json(postman.collection(definition.definition(), base_url))
+    if postman_file == "-":
+        click.echo(text, nl=False)
+        return
+    Path(postman_file).write_text(text, encoding="utf-8")
+    click.echo(f"wrote the Postman collection to {postman_file}")
 
 
 @main.command()

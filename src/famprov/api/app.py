@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from famprov import logs
-from famprov.api import partner_v1
+from famprov.api import openapi, partner_v1
 from famprov.api.errors import HANDLERS, failure
 from famprov.api.metrics import Metrics
 from famprov.api.metrics import endpoint as metrics_endpoint
@@ -116,6 +116,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *openapi.routes(),
     ]
     app = FamprovApp(
         partner_api=RequestLogMiddleware(partner_v1.create_license, metrics=metrics),

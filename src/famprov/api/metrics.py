@@ -40,6 +40,9 @@ ROUTES = partner_v1.PATHS | frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/openapi.yaml",
+        "/openapi.json",
+        "/docs",
     }
 )
 
