@@ -394,6 +394,11 @@ def test_metrics_count_grants_and_invitations(
     assert 'famprov_invitations{state="sent"} 1.0' in text
     assert 'famprov_licenses{status="invited"} 1.0' in text
     assert "random-scan-path" not in text
+    # Both grants were written, each in a commit of its own (the replay too:
+    # it is read in the writer's transaction).
+    assert "famprov_writer_batch_grants_count 2.0" in text
+    assert 'famprov_writer_batch_grants_bucket{le="1.0"} 2.0' in text
+    assert 'famprov_http_request_duration_seconds_count{route="other"} 1.0' in text
 
 
 def test_oversized_request_head_is_431_json(server) -> None:

@@ -81,13 +81,19 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         engine = open_engine(settings.database)
         await asyncio.to_thread(prepare, engine)
         delivery = DeliveryWorker.from_settings(settings, engine, clock)
+
+        def committed(grants: int, seconds: float) -> None:
+            metrics.observe_commit(grants, seconds)
+            if deliver:
+                delivery.wake()
+
         grants = GrantService(
             engine,
             PartnerDirectory(engine, settings.partner_cache_seconds),
             clock,
             batch_size=settings.writer_batch_size,
             writer_threads=settings.writer_thread_count,
-            after_commit=delivery.wake if deliver else None,
+            after_commit=committed,
         )
         metrics.watch_store(engine)
         app.state.metrics = metrics

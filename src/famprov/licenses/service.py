@@ -100,7 +100,7 @@ class GrantService:
         *,
         batch_size: int = 256,
         writer_threads: int = 1,
-        after_commit: Callable[[], None] | None = None,
+        after_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._directory = directory
         self._clock = clock

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class BatchWriter(Generic[J, R]):
         *,
         max_batch: int = 256,
         threads: int = 1,
-        after_commit: Callable[[], None] | None = None,
+        after_commit: Callable[[int, float], None] | None = None,
         retries: int = 3,
     ) -> None:
         if threads < 1 or (threads > 1 and engine.dialect.name == "sqlite"):
@@ -146,6 +147,7 @@ class BatchWriter(Generic[J, R]):
         return batch, False
 
     def _write_batch(self, session: _Session, batch: list[_Item[J, R]]) -> None:
+        started = time.perf_counter()
         try:
             conn = session.connection()
             with conn.begin():
@@ -158,12 +160,13 @@ class BatchWriter(Generic[J, R]):
             for item in batch:
                 self._write_alone(session, item)
             return
-        self._committed()
+        self._committed(len(batch), time.perf_counter() - started)
         _settle(list(zip(batch, outcomes, strict=True)))
 
     def _write_alone(self, session: _Session, item: _Item[J, R]) -> None:
         """Write one job in its own transaction, retrying lost races."""
         for attempt in range(self._retries + 1):
+            started = time.perf_counter()
             try:
                 conn = session.connection()
                 with conn.begin():
@@ -179,13 +182,13 @@ class BatchWriter(Generic[J, R]):
                 session.close()
                 _settle([(item, exc)])
                 return
-            self._committed()
+            self._committed(1, time.perf_counter() - started)
             _settle([(item, outcome)])
             return
 
-    def _committed(self) -> None:
+    def _committed(self, jobs: int, seconds: float) -> None:
         if self._after_commit is not None:
-            self._after_commit()
+            self._after_commit(jobs, seconds)
 
 
 class _Session:
