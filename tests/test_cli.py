@@ -288,10 +288,10 @@ def test_partner_names_differing_only_by_case_are_refused(
 
 
 @only("sqlite")
-def test_several_writer_threads_are_refused_on_sqlite(env: dict[str, str]) -> None:
-    result = famprov("serve", "--port", "1", env={**env, "FAMPROV_WRITER_THREADS": "2"})
+def test_several_writers_are_refused_on_sqlite(env: dict[str, str]) -> None:
+    result = famprov("serve", "--port", "1", env={**env, "FAMPROV_WRITERS": "2"})
     assert result.returncode == 2
     assert result.stderr == (
-        "famprov: error: setting FAMPROV_WRITER_THREADS Value error, "
+        "famprov: error: setting FAMPROV_WRITERS Value error, "
         "above 1 needs PostgreSQL: SQLite takes one writer\n"
     )

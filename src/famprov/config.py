@@ -62,27 +62,27 @@ class Settings(BaseSettings):
     )
     delivery_max_attempts: int = Field(12, ge=1)
     writer_batch_size: int = Field(256, ge=1, le=10_000)
-    writer_threads: int = Field(
+    writers: int = Field(
         0,
         ge=0,
         le=16,
-        description="Threads writing grants in each serving process, each with "
-        "a connection of its own; 0 picks 1 on SQLite (its only choice) and 2 "
-        "on PostgreSQL, so that one batch is written while another commits.",
+        description="Writer processes per serving process, each with a "
+        "connection of its own; 0 picks 1 on SQLite (its only choice) and 2 on "
+        "PostgreSQL, so that one batch is written while another commits.",
     )
 
-    @field_validator("writer_threads")
+    @field_validator("writers")
     @classmethod
-    def _check_writer_threads(cls, value: int, info: ValidationInfo) -> int:
+    def _check_writers(cls, value: int, info: ValidationInfo) -> int:
         database = info.data.get("database_url", DEFAULT_DATABASE_URL)
         if value > 1 and make_url(database).get_backend_name() == "sqlite":
             raise ValueError("above 1 needs PostgreSQL: SQLite takes one writer")
         return value
 
     @property
-    def writer_thread_count(self) -> int:
-        if self.writer_threads:
-            return self.writer_threads
+    def writer_count(self) -> int:
+        if self.writers:
+            return self.writers
         return 1 if self.is_embedded else 2
 
     @field_validator("public_url")

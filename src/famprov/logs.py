@@ -95,12 +95,22 @@ def _add_logger_name(
     return event
 
 
+_format: list[Literal["json", "console"]] = ["json"]
+
+
+def current_format() -> Literal["json", "console"]:
+    """The format `configure` chose, for a helper process writing to the same
+    stderr."""
+    return _format[0]
+
+
 def configure(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
 ) -> None:
     """Route structlog and the standard library's logging to stderr."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
+    _format[0] = fmt
     shared: list[Any] = [
         _merge_request,
         structlog.stdlib.add_log_level,

@@ -88,11 +88,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
                 delivery.wake()
 
         grants = GrantService(
-            engine,
+            settings.database,
             PartnerDirectory(engine, settings.partner_cache_seconds),
             clock,
             batch_size=settings.writer_batch_size,
-            writer_threads=settings.writer_thread_count,
+            writers=settings.writer_count,
+            log_format=logs.current_format(),
+            log_level=settings.log_level,
             after_commit=committed,
         )
         metrics.watch_store(engine)
@@ -100,7 +102,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         app.state.settings = settings
         app.state.engine = engine
         app.state.grants = grants
-        grants.start()
+        await grants.start()
         task = asyncio.create_task(delivery.run()) if deliver else None
         log.info(
             "service_started",
@@ -111,7 +113,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         try:
             yield
         finally:
-            grants.stop()
+            await grants.stop()
             if task is not None:
                 delivery.stop()
                 await task

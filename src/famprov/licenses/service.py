@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 
 from famprov import logs
 from famprov.clock import Clock
@@ -33,7 +34,7 @@ from famprov.errors import (
     TransactionConflictError,
 )
 from famprov.licenses import fields
-from famprov.licenses.plans import DEFAULT_PLAN, Plan
+from famprov.licenses.plans import CATALOGUE, DEFAULT_PLAN, Plan
 from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
 from famprov.store.raw import RawSQL, json_list
@@ -94,29 +95,35 @@ class GrantService:
 
     def __init__(
         self,
-        engine: Engine,
+        database: URL,
         directory: PartnerDirectory,
         clock: Clock,
         *,
         batch_size: int = 256,
-        writer_threads: int = 1,
+        writers: int = 1,
+        log_format: str = "json",
+        log_level: str = "info",
         after_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._directory = directory
-        self._clock = clock
         self._writer: BatchWriter[GrantJob, Grant] = BatchWriter(
-            engine,
-            self.record,
+            database,
+            f"{__name__}:record_batch",
+            encode=encode_job,
+            decode=decode_outcome,
+            clock=clock.now,
+            processes=writers,
             max_batch=batch_size,
-            threads=writer_threads,
+            log_format=log_format,
+            log_level=log_level,
             after_commit=after_commit,
         )
 
-    def start(self) -> None:
-        self._writer.start()
+    async def start(self) -> None:
+        await self._writer.start()
 
-    def stop(self) -> None:
-        self._writer.stop()
+    async def stop(self) -> None:
+        await self._writer.stop()
 
     async def grant(self, params: dict[str, str]) -> Grant:
         """Grant the person in ``params`` a license, or raise why not."""
@@ -130,36 +137,93 @@ class GrantService:
         job = GrantJob(partner.id, raw.transaction_id, person, DEFAULT_PLAN)
         return await self._writer.write(job)
 
-    def record(
-        self, conn: Connection, jobs: Sequence[GrantJob]
-    ) -> list[Grant | FamprovError]:
-        """Write the batch's licenses and their invitations; answer replays.
 
-        Runs in the writer's transaction, and answers the jobs in order as if
-        each had come alone: a replay or a conflict with a grant earlier in
-        the same batch is seen as one. A refused job writes nothing.
-        """
-        sql = RawSQL(conn)
-        terms = _Terms(sql, self._clock.now())
-        known = _Known.read(sql, jobs, new_identities(len(jobs)))
-        outcomes: list[Grant | FamprovError] = []
-        created: list[tuple[GrantJob, Grant]] = []
-        expired: list[int] = []
-        for job in jobs:
-            outcome = known.decide(job, terms, expired)
-            if isinstance(outcome, Grant) and not outcome.replayed:
-                created.append((job, outcome))
-            outcomes.append(outcome)
+def record(
+    conn: Connection, jobs: Sequence[GrantJob], now: datetime
+) -> list[Grant | FamprovError]:
+    """Write the batch's licenses and their invitations; answer replays.
 
-        if expired:
-            sql.execute_many(
-                "UPDATE licenses SET status = 'expired', live_email_key = NULL "
-                "WHERE id = ?",
-                [(license_id,) for license_id in expired],
-            )
-        if created:
-            _insert(sql, created, terms)
-        return outcomes
+    Runs in the writer's transaction, and answers the jobs in order as if
+    each had come alone: a replay or a conflict with a grant earlier in the
+    same batch is seen as one. A refused job writes nothing.
+    """
+    sql = RawSQL(conn)
+    terms = _Terms(sql, now)
+    known = _Known.read(sql, jobs, new_identities(len(jobs)))
+    outcomes: list[Grant | FamprovError] = []
+    created: list[tuple[GrantJob, Grant]] = []
+    expired: list[int] = []
+    for job in jobs:
+        outcome = known.decide(job, terms, expired)
+        if isinstance(outcome, Grant) and not outcome.replayed:
+            created.append((job, outcome))
+        outcomes.append(outcome)
+
+    if expired:
+        sql.execute_many(
+            "UPDATE licenses SET status = 'expired', live_email_key = NULL "
+            "WHERE id = ?",
+            [(license_id,) for license_id in expired],
+        )
+    if created:
+        _insert(sql, created, terms)
+    return outcomes
+
+
+# What crosses between the serving process and its writer process: plain
+# tuples, cheaper to send than the objects they stand for.
+
+
+def encode_job(job: GrantJob) -> tuple[Any, ...]:
+    person = job.person
+    return (
+        job.partner_id,
+        job.transaction_id,
+        person.email,
+        person.email_key,
+        person.needs_smtputf8,
+        person.first_name,
+        person.last_name,
+        job.plan.code,
+    )
+
+
+def decode_job(values: tuple[Any, ...]) -> GrantJob:
+    partner_id, txid, email, key, smtputf8, first, last, plan = values
+    person = fields.Person(email, key, smtputf8, first, last)
+    return GrantJob(partner_id, txid, person, CATALOGUE[plan])
+
+
+def record_batch(
+    conn: Connection, jobs: Sequence[tuple[Any, ...]], now: datetime
+) -> list[tuple[Any, ...]]:
+    """`record`, in the writer process: jobs and outcomes as plain values."""
+    return [
+        encode_outcome(outcome)
+        for outcome in record(conn, [decode_job(job) for job in jobs], now)
+    ]
+
+
+def encode_outcome(outcome: Grant | FamprovError) -> tuple[Any, ...]:
+    if isinstance(outcome, Grant):
+        return ("grant", outcome.order_number, outcome.vault_token, outcome.replayed)
+    if isinstance(outcome, ExistingLicenseError):
+        return ("existing", outcome.order_number)
+    if isinstance(outcome, TransactionConflictError):
+        return ("conflict",)
+    raise TypeError(f"no wire form for {type(outcome).__name__}")
+
+
+def decode_outcome(values: tuple[Any, ...]) -> Grant:
+    """The grant an outcome stands for, or raise the refusal it stands for."""
+    kind = values[0]
+    if kind == "grant":
+        return Grant(values[1], values[2], replayed=values[3])
+    if kind == "existing":
+        raise ExistingLicenseError(values[1])
+    if kind == "conflict":
+        raise TransactionConflictError()
+    raise ValueError(f"unknown outcome {kind!r}")
 
 
 class _Terms:

@@ -1,237 +1,297 @@
-"""The batching writer: many grants, one commit.
+"""The batching writer: many grants, one commit, in a process of its own.
 
 A durable commit costs a disk flush, and a flush per grant caps the service
-at a few thousand grants a second. The writer thread takes every job queued
-since its last commit, hands them to ``apply(connection, jobs)`` inside one
-transaction, commits once, and only then answers each job's caller: no grant
-is acknowledged before it is on disk.
+at a few thousand grants a second. So the serving process queues each job
+and hands every job queued since the last batch to a writer process, which
+applies them (``apply(connection, jobs, now)``) in one transaction, commits
+once, and only then sends back one outcome per job: no grant is
+acknowledged before it is on disk.
 
-``apply`` returns one outcome per job, a result or a domain error; a job
-refused with a domain error wrote nothing, so it fails alone. A database
-error rolls the whole batch back, and each job is then written in a
-transaction of its own, so that one bad job never fails its neighbours.
+The writer is a process, not a thread, because of the interpreter lock:
+each statement a writer thread runs lets the lock go and must take it back
+from the event loop, which holds it for whole rounds of requests. Measured
+on two cores (docs/performance.md), one such hand-over cost the writer
+thread about 1.8 ms, several times a batch, and the rate of grants was set
+by those waits. A process has an interpreter of its own; the serving
+process only writes one message per batch to a socket and reads one back.
+
+Jobs and outcomes cross as plain values (see ``encode``/``decode`` of the
+caller), in length-prefixed pickles over a socket pair that only the two
+processes hold. The writer process leaves when its socket closes, so it
+never outlives the serving process; if it dies, the jobs in its batch fail
+(the client retries; a transaction id makes that safe) and a new one is
+started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
+import pickle
+import socket
+import subprocess
+import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL
 
 from famprov.errors import FamprovError
 from famprov.logs import log
-from famprov.store import WRITE
-from famprov.store.checkpoint import Checkpointer, prepare_writer
 
 J = TypeVar("J")
 R = TypeVar("R")
 
-ApplyBatch = Callable[[Connection, Sequence[J]], list["R | FamprovError"]]
-
-
-@dataclass(slots=True)
-class _Item(Generic[J, R]):
-    job: J
-    future: asyncio.Future[R]
-    loop: asyncio.AbstractEventLoop
-
-
-# TODO: grants top out near 5,000/s on SQLite where the writer alone commits
-# 13,000 (docs/performance.md): under load the writer waits longer than it
-# works, and each request that waits for its batch costs the event loop
-# about 50 µs more than one answered at once. A writer process was tried and
-# gained only a fifth; the waiting path is where the rest is.
+HEADER = 4  # bytes of big-endian length before each message
+START_TIMEOUT_SECONDS = 60
+STOP_TIMEOUT_SECONDS = 30
+RESTART_DELAY_SECONDS = 1.0
 
 
 class WriterClosedError(RuntimeError):
-    """The writer was stopped before the job could be written."""
+    """The writer was stopped, or its process died, before the job was
+    written (or before it could say so)."""
+
+
+class WriterFailedError(RuntimeError):
+    """The writer could not write the job: a database error, not a refusal."""
+
+
+def frame(message: Any) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(payload).to_bytes(HEADER, "big") + payload
 
 
 class BatchWriter(Generic[J, R]):
-    """Runs ``apply`` over the queued jobs, one commit per batch.
+    """Writes jobs in batches through ``processes`` writer processes.
 
-    ``threads`` writer threads take batches from one queue, each on a
-    connection of its own, so that one batch can be written while another
-    waits for its commit to reach the disk. SQLite takes one writer at a
-    time, so there it is one thread.
+    ``target`` names the function the writer process applies to a batch,
+    as ``module:function``; ``encode`` turns a job into what crosses to it,
+    and ``decode`` an outcome into the result, or raises its domain error.
+    Each writer process has one batch in flight; SQLite takes one writer at
+    a time, PostgreSQL several (one batch written while another commits).
     """
-
-    _STOP = object()
 
     def __init__(
         self,
-        engine: Engine,
-        apply: ApplyBatch[J, R],
+        database: URL,
+        target: str,
         *,
+        encode: Callable[[J], Any],
+        decode: Callable[[Any], R],
+        clock: Callable[[], datetime],
+        processes: int = 1,
         max_batch: int = 256,
-        threads: int = 1,
+        log_format: str = "json",
+        log_level: str = "info",
         after_commit: Callable[[int, float], None] | None = None,
-        retries: int = 3,
     ) -> None:
-        if threads < 1 or (threads > 1 and engine.dialect.name == "sqlite"):
-            raise ValueError("SQLite takes one writer thread")
-        self._engine = engine
-        self._apply = apply
+        if processes < 1 or (processes > 1 and database.get_backend_name() == "sqlite"):
+            raise ValueError("SQLite takes one writer process")
+        self._config = {
+            "database": database.render_as_string(hide_password=False),
+            "target": target,
+            "log_format": log_format,
+            "log_level": log_level,
+        }
+        self._encode = encode
+        self._decode = decode
+        self._clock = clock
+        self._processes = processes
         self._max_batch = max_batch
         self._after_commit = after_commit
-        self._retries = retries
-        self._queue: queue.SimpleQueue[_Item[J, R] | object] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"famprov-writer-{n}", daemon=True)
-            for n in range(threads)
-        ]
+        self._children: list[_Child] = []
+        self._pending: list[tuple[Any, asyncio.Future[R]]] = []
+        self._dispatching = False
         self._closed = False
-        # It turns SQLite's automatic checkpoints off; these run instead.
-        self._checkpointer = Checkpointer(engine)
-        driver = engine.dialect.loaded_dbapi
-        self._integrity_errors = (IntegrityError, driver.IntegrityError)
+        self._batches = 0
+        self._restarting: set[asyncio.Future[None]] = set()
 
-    def start(self) -> None:
-        self._checkpointer.start()
-        for thread in self._threads:
-            thread.start()
+    async def start(self) -> None:
+        """Start the writer processes; raise if one cannot open the store."""
+        await asyncio.gather(*(self._spawn() for _ in range(self._processes)))
 
-    def stop(self) -> None:
-        """Write what is queued, then stop the threads."""
+    async def stop(self) -> None:
+        """Close the writers' sockets and wait for them to finish and leave."""
         self._closed = True
-        for _ in self._threads:
-            self._queue.put(self._STOP)
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join()
-        self._checkpointer.stop()
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(WriterClosedError("the writer is stopped"))
+        self._pending.clear()
+        children, self._children = self._children, []
+        for child in children:
+            child.close()
+        await asyncio.gather(*(child.wait() for child in children))
 
     async def write(self, job: J) -> R:
         """Queue the job and wait, without blocking the loop, for its commit."""
         if self._closed:
             raise WriterClosedError("the writer is stopped")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        self._queue.put(_Item(job, future, loop))
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((self._encode(job), future))
+        if not self._dispatching:
+            # Jobs queued in the same round of the loop share a batch.
+            self._dispatching = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
         return await future
 
-    def _run(self) -> None:
-        session = _Session(self._engine)
-        try:
-            while True:
-                batch, stop = self._take()
-                if batch:
-                    self._write_batch(session, batch)
-                if stop:
-                    return
-        finally:
-            session.close()
-
-    def _take(self) -> tuple[list[_Item[J, R]], bool]:
-        first = self._queue.get()
-        if first is self._STOP:
-            return [], True
-        batch: list[_Item[J, R]] = [first]  # type: ignore[list-item]
-        while len(batch) < self._max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is self._STOP:
-                return batch, True
-            batch.append(item)  # type: ignore[arg-type]
-        return batch, False
-
-    def _write_batch(self, session: _Session, batch: list[_Item[J, R]]) -> None:
-        started = time.perf_counter()
-        try:
-            conn = session.connection()
-            with conn.begin():
-                outcomes = self._apply(conn, [item.job for item in batch])
-        except Exception as exc:
-            session.close()
-            log.warning(
-                "writer_batch_failed", batch=len(batch), error=type(exc).__name__
-            )
-            for item in batch:
-                self._write_alone(session, item)
-            return
-        self._committed(len(batch), time.perf_counter() - started)
-        _settle(list(zip(batch, outcomes, strict=True)))
-
-    def _write_alone(self, session: _Session, item: _Item[J, R]) -> None:
-        """Write one job in its own transaction, retrying lost races."""
-        for attempt in range(self._retries + 1):
-            started = time.perf_counter()
-            try:
-                conn = session.connection()
-                with conn.begin():
-                    [outcome] = self._apply(conn, [item.job])
-            except self._integrity_errors as exc:
-                # A unique key taken by another writer between our read and
-                # our insert: read again, and the job sees the winner's row.
-                if attempt < self._retries:
-                    continue
-                _settle([(item, exc)])
+    def _dispatch(self) -> None:
+        self._dispatching = False
+        for child in self._children:
+            if not self._pending:
                 return
-            except Exception as exc:
-                session.close()
-                _settle([(item, exc)])
-                return
-            self._committed(1, time.perf_counter() - started)
-            _settle([(item, outcome)])
-            return
+            if child.idle:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                self._batches += 1
+                child.send_batch(self._batches, self._clock(), batch)
 
-    def _committed(self, jobs: int, seconds: float) -> None:
+    def _finished(self, child: _Child, outcomes: list[Any], seconds: float) -> None:
+        futures = child.take_in_flight()
         if self._after_commit is not None:
-            self._after_commit(jobs, seconds)
+            self._after_commit(len(futures), seconds)
+        for future, (kind, value) in zip(futures, outcomes, strict=True):
+            if future.done():
+                continue  # the caller went away (its request was cancelled)
+            if kind == "failed":
+                future.set_exception(WriterFailedError(value))
+                continue
+            try:
+                future.set_result(self._decode(value))
+            except FamprovError as exc:
+                future.set_exception(exc)
+        self._dispatch()
+
+    def _lost(self, child: _Child) -> None:
+        """The writer process went away: fail its batch, start another."""
+        for future in child.take_in_flight():
+            if not future.done():
+                future.set_exception(WriterClosedError("the writer process died"))
+        if child in self._children:
+            self._children.remove(child)
+            if not self._closed:
+                log.error("writer_process_lost", exit=child.exit_code())
+                restart = asyncio.ensure_future(self._restart())
+                self._restarting.add(restart)
+                restart.add_done_callback(self._restarting.discard)
+
+    async def _restart(self) -> None:
+        while not self._closed:
+            try:
+                await self._spawn()
+            except Exception as exc:
+                log.error("writer_process_start_failed", error=type(exc).__name__)
+                await asyncio.sleep(RESTART_DELAY_SECONDS)
+                continue
+            self._dispatch()
+            return
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "famprov.store.writer_process"],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        _, child = await loop.connect_accepted_socket(
+            lambda: _Child(self, process), ours
+        )
+        child.send(self._config)
+        try:
+            await asyncio.wait_for(child.ready, START_TIMEOUT_SECONDS)
+        except BaseException:
+            child.close()
+            await child.wait()
+            raise
+        if self._closed:
+            child.close()
+            await child.wait()
+            return
+        self._children.append(child)
 
 
-class _Session:
-    """A writer thread's connection, kept from batch to batch."""
+class _Child(asyncio.Protocol):
+    """The serving process's end of one writer process's socket."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._conn: Connection | None = None
+    def __init__(self, writer: BatchWriter[Any, Any], process: subprocess.Popen[bytes]):
+        self._writer = writer
+        self._process = process
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._in_flight: list[asyncio.Future[Any]] | None = None
+        self._started = 0.0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection(self) -> Connection:
-        if self._conn is None:
-            conn = self._engine.connect().execution_options(**WRITE)
-            prepare_writer(conn)
-            self._conn = conn
-        return self._conn
+    @property
+    def idle(self) -> bool:
+        return self._in_flight is None and self.ready.done()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are transports without being asyncio's class.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def send(self, message: Any) -> None:
+        assert self._transport is not None
+        self._transport.write(frame(message))
+
+    def send_batch(
+        self, number: int, now: datetime, batch: list[tuple[Any, asyncio.Future[Any]]]
+    ) -> None:
+        self._in_flight = [future for _, future in batch]
+        self._started = time.perf_counter()
+        self.send((number, now, [job for job, _ in batch]))
+
+    def take_in_flight(self) -> list[asyncio.Future[Any]]:
+        futures, self._in_flight = self._in_flight or [], None
+        return futures
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= HEADER:
+            size = int.from_bytes(buffer[:HEADER], "big")
+            if len(buffer) < HEADER + size:
+                return
+            message = pickle.loads(buffer[HEADER : HEADER + size])  # noqa: S301 - our own child, on a private socket pair
+            del buffer[: HEADER + size]
+            self._received(message)
+
+    def _received(self, message: Any) -> None:
+        if not self.ready.done():
+            kind, detail = message
+            if kind == "ready":
+                self.ready.set_result(None)
+            else:
+                self.ready.set_exception(WriterFailedError(detail))
+            return
+        _number, outcomes = message
+        self._writer._finished(self, outcomes, time.perf_counter() - self._started)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(WriterClosedError("the writer process left"))
+        self._writer._lost(self)
 
     def close(self) -> None:
-        """Let the connection go; after an error, the next batch reconnects."""
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        if self._transport is not None:
+            self._transport.close()
 
+    def exit_code(self) -> int | None:
+        return self._process.poll()
 
-_Done = list[tuple[_Item[Any, Any], Any]]
-
-
-def _settle(done: _Done) -> None:
-    """Answer every caller, with one wake-up per event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, _Done] = defaultdict(list)
-    for item, outcome in done:
-        by_loop[item.loop].append((item, outcome))
-    for loop, pairs in by_loop.items():
-        # A closed loop has nobody waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, pairs)
-
-
-def _resolve(pairs: _Done) -> None:
-    for item, outcome in pairs:
-        if item.future.done():
-            continue  # the caller went away (its request was cancelled)
-        if isinstance(outcome, BaseException):
-            item.future.set_exception(outcome)
-        else:
-            item.future.set_result(outcome)
+    async def wait(self) -> None:
+        """Wait for the process to leave; it does once its socket closes."""
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self._process.wait), STOP_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await asyncio.to_thread(self._process.wait)

@@ -1,0 +1,152 @@
+"""The writer process: ``python -m famprov.store.writer_process``.
+
+Started by `famprov.store.writer.BatchWriter`, with its socket as standard
+input. It reads its settings (the store's URL, the function to apply, the
+log settings) as the first message, answers ``ready`` once the store
+answers, then for each batch: applies the function in one transaction,
+commits, and sends back one outcome per job. A job's domain refusal is an
+outcome like any other; a database error rolls the batch back and each job
+is then written in a transaction of its own, so that one bad job never fails
+its neighbours. It leaves when its socket closes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from famprov import logs
+from famprov.logs import log
+from famprov.store import WRITE, is_reachable, open_engine
+from famprov.store.checkpoint import Checkpointer, prepare_writer
+from famprov.store.writer import HEADER, frame
+
+Apply = Callable[[Connection, Sequence[Any], datetime], list[Any]]
+RETRIES = 3
+
+
+def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the serving
+    # process decides when this one stops, by closing its socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = socket.socket(fileno=0)
+    config = _read(channel)
+    if config is None:
+        return
+    logs.configure(config["log_format"], config["log_level"])
+    engine = open_engine(make_url(config["database"]))
+    module, _, name = config["target"].partition(":")
+    apply: Apply = getattr(importlib.import_module(module), name)
+    if not is_reachable(engine):
+        channel.sendall(frame(("failed", "the database does not answer")))
+        return
+    writer = _Writer(engine, apply)
+    checkpointer = Checkpointer(engine)
+    checkpointer.start()
+    channel.sendall(frame(("ready", None)))
+    try:
+        while (message := _read(channel)) is not None:
+            number, now, jobs = message
+            channel.sendall(frame((number, writer.write(jobs, now))))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the serving process is gone; so is everyone waiting
+    finally:
+        writer.close()
+        checkpointer.stop()
+        engine.dispose()
+
+
+def _read(channel: socket.socket) -> Any:
+    """The next message, or None once the serving process has closed."""
+    header = _exactly(channel, HEADER)
+    if header is None:
+        return None
+    payload = _exactly(channel, int.from_bytes(header, "big"))
+    if payload is None:
+        return None
+    return pickle.loads(payload)  # noqa: S301 - from our parent, on a private socket pair
+
+
+def _exactly(channel: socket.socket, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = channel.recv(size - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+class _Writer:
+    """Batches into transactions, on one connection kept between them."""
+
+    def __init__(self, engine: Engine, apply: Apply) -> None:
+        self._engine = engine
+        self._apply = apply
+        self._conn: Connection | None = None
+        driver = engine.dialect.loaded_dbapi
+        self._integrity_errors = (IntegrityError, driver.IntegrityError)
+
+    def write(self, jobs: Sequence[Any], now: datetime) -> list[Any]:
+        try:
+            conn = self._connection()
+            with conn.begin():
+                outcomes = self._apply(conn, jobs, now)
+        except Exception as exc:
+            self.close()
+            log.warning(
+                "writer_batch_failed", batch=len(jobs), error=type(exc).__name__
+            )
+            return [self._write_alone(job, now) for job in jobs]
+        return [("ok", outcome) for outcome in outcomes]
+
+    def _write_alone(self, job: Any, now: datetime) -> Any:
+        """Write one job in its own transaction, retrying lost races."""
+        for attempt in range(RETRIES + 1):
+            try:
+                conn = self._connection()
+                with conn.begin():
+                    [outcome] = self._apply(conn, [job], now)
+            except self._integrity_errors as exc:
+                # A unique key taken by another writer between our read and
+                # our insert: read again, and the job sees the winner's row.
+                if attempt < RETRIES:
+                    continue
+                return ("failed", type(exc).__name__)
+            except Exception as exc:
+                # Only the type: the message of a database error can hold
+                # the statement's values, emails and tokens among them.
+                self.close()
+                log.error("writer_job_failed", error=type(exc).__name__)
+                return ("failed", type(exc).__name__)
+            return ("ok", outcome)
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self._engine.connect().execution_options(**WRITE)
+            prepare_writer(conn)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Let the connection go; after an error, the next batch reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception as exc:
+                log.warning("writer_close_failed", error=type(exc).__name__)
+            self._conn = None
+
+
+if __name__ == "__main__":
+    main()
