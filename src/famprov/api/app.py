@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         log.info(
             "service_started",
             database=settings.database_display,
-            mail=settings.mail_url,
+            mail=settings.mail_display,
             delivery=deliver,
         )
         try:
