@@ -186,6 +186,10 @@ class SmtpTransport:
         self._client = client
         if server.username is not None and server.password is not None:
             await client.login(server.username, server.password.reveal())
+        if client.is_ehlo_or_helo_needed:
+            # The server's extensions (SMTPUTF8 among them) are known only
+            # after EHLO.
+            await client.ehlo()
         self._last_used = time.monotonic()
         return False
 
