@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from famprov import logs
-from famprov.api import partner_v1
+from famprov.api import invitation_page, partner_v1
 from famprov.api.errors import HANDLERS, failure
 from famprov.api.metrics import Metrics
 from famprov.api.metrics import endpoint as metrics_endpoint
@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         metrics.watch_store(engine)
         app.state.metrics = metrics
         app.state.settings = settings
+        app.state.clock = clock
         app.state.engine = engine
         app.state.grants = grants
         grants.start()
@@ -95,6 +96,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             methods=["GET"],
         ),
         Route("/create-license", partner_v1.create_license, methods=["GET"]),
+        Route("/invite/{token}", invitation_page.show, methods=["GET"]),
+        Route("/invite/{token}", invitation_page.accept, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
