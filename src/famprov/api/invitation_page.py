@@ -73,10 +73,9 @@ def _render(
 
 
 def _problem(request: Request, exc: FamprovError) -> Response:
-    request.state.outcome = "invitation_" + (
-        "gone" if status_for(exc) == 410 else "unknown"
-    )
     status = status_for(exc)
+    gone = status == 410
+    request.state.outcome = "invitation_gone" if gone else "invitation_unknown"
     return _render(request, "gone" if gone else "unknown", status)
 
 
