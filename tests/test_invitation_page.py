@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from playwright.sync_api import Route, expect
+from sqlalchemy import Engine
 
 from browser import BrowserPage
 from famprov.cli import main
 from famprov.clock import FixedClock
+from famprov.config import Settings
 from support import V1_PATH, LiveServer, Partner, free_port
 
 PRODUCTS = (
@@ -243,3 +246,29 @@ def test_other_methods_are_refused(
     with httpx.Client(base_url=server.url) as http:
         _, url = grant(http, partner)
         assert http.request(method, url).status_code == 405
+
+
+def test_an_operator_folder_replaces_a_page_template(
+    settings: Settings,
+    clock: FixedClock,
+    engine: Engine,
+    partner: Partner,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "templates"
+    (folder / "pages").mkdir(parents=True)
+    (folder / "pages" / "invitation.html").write_text(
+        '{% extends "pages/base.html" %}{% block content %}'
+        "<h1>Welcome to Acme Rewards, {{ first_name }}</h1>"
+        '<form method="post"><input type="hidden" name="csrf_token" '
+        'value="{{ csrf_token }}"><button>Yes please</button></form>'
+        "{% endblock %}"
+    )
+    custom = Settings(**{**settings.model_dump(), "template_folder": folder})
+    with LiveServer(custom, clock) as live, httpx.Client(base_url=live.url) as http:
+        _, url = grant(http, partner, first_name="<Ann>")
+        page = http.get(url)
+        assert "<h1>Welcome to Acme Rewards, &lt;Ann&gt;</h1>" in page.text
+        assert "<button>Yes please</button>" in page.text
+        # The pages not replaced are still famprov's own.
+        assert "There is no invitation" in http.get(url[:-1] + "!").text
