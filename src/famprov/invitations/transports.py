@@ -61,7 +61,15 @@ class FolderTransport:
         self.folder = folder
 
     async def send(self, message: EmailMessage, key: str) -> None:
-        await asyncio.to_thread(self._write, message.as_bytes(), key)
+        try:
+            await asyncio.to_thread(self._write, message.as_bytes(), key)
+        except OSError as exc:
+            # A full disk or a missing permission is the operator's to fix;
+            # the invitation waits meanwhile.
+            raise DeliveryError(
+                f"could not write to {self.folder}: {exc.strerror or exc}",
+                permanent=False,
+            ) from None
 
     async def close(self) -> None:
         return None
