@@ -76,7 +76,10 @@ def open_page(browser: Browser, test_name: str) -> Iterator[BrowserPage]:
         context.close()
 
 
-@pytest.fixture(scope="session")
+# One browser per test module, not per session: while Playwright's sync API
+# is open it keeps an event loop running on the main thread, and tests in
+# other modules call asyncio.run there.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = launch(playwright)

@@ -65,8 +65,13 @@ def smtp_http(
         yield client
 
 
+def outbox_rows(engine: Engine) -> list[Any]:
+    # By id: PostgreSQL returns rows in no fixed order once one is updated.
+    return sorted(rows(engine, outbox), key=lambda row: row.id)
+
+
 def outbox_row(engine: Engine, index: int = 0) -> Any:
-    return rows(engine, outbox)[index]
+    return outbox_rows(engine)[index]
 
 
 def catch_up(clock: FixedClock) -> None:
@@ -179,8 +184,8 @@ def test_permanent_refusal_fails_keeps_the_reply_and_the_operator_retries(
     for n in range(2):
         params = partner.params(transaction_id=str(n), email=f"p{n}@example.com")
         smtp_http.get(V1_PATH, params=params)
-    wait_for(lambda: all(r.status == "failed" for r in rows(engine, outbox)))
-    assert [r.attempts for r in rows(engine, outbox)] == [1, 1]  # never retried
+    wait_for(lambda: all(r.status == "failed" for r in outbox_rows(engine)))
+    assert [r.attempts for r in outbox_rows(engine)] == [1, 1]  # never retried
 
     listed = cli("outbox", "list", "--status", "failed", "--json")
     assert listed.exit_code == 0, listed.output
