@@ -123,3 +123,12 @@ def test_html_alternative_escapes_what_the_text_one_keeps() -> None:
     assert text is not None
     assert "&lt;b&gt;Acme &amp; Co&lt;/b&gt;" in html.get_content()
     assert "<b>Acme & Co</b> has given you" in text.get_content()
+
+
+@pytest.mark.parametrize(
+    "sender", ["rewards", "a@example.com, b@example.com", "A\r\nBcc: e@example.com"]
+)
+def test_mail_from_must_be_one_address(sender: str) -> None:
+    with pytest.raises(ValidationError, match="must be one address"):
+        Settings(mail_from=sender)
+    assert Settings(mail_from="Zoë <z@example.com>").mail_from == "Zoë <z@example.com>"

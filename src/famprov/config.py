@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from email.headerregistry import HeaderRegistry
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -141,6 +142,18 @@ class Settings(BaseSettings):
         raise ValueError(
             "must be file://FOLDER, smtp://HOST[:PORT] or smtps://HOST[:PORT]"
         )
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_mail_from(cls, value: str) -> str:
+        header = HeaderRegistry()("From", value)
+        addresses = getattr(header, "addresses", ())
+        if header.defects or len(addresses) != 1:
+            raise ValueError(
+                "must be one address, optionally with a display name: "
+                "'Acme Rewards <rewards@example.com>'"
+            )
+        return value
 
     @field_validator("template_folder")
     @classmethod
