@@ -104,6 +104,45 @@ def test_the_page_fits_a_phone(
     browser_page.screenshot("phone")
 
 
+# WCAG 2 relative luminance and contrast ratio, from the computed colours.
+CONTRAST = """
+(element) => {
+  const rgb = (css) => css.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number);
+  const lum = ([r, g, b]) => {
+    const c = [r, g, b].map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  };
+  let back = element;
+  while (getComputedStyle(back).backgroundColor === "rgba(0, 0, 0, 0)") {
+    back = back.parentElement;
+  }
+  const a = lum(rgb(getComputedStyle(element).color));
+  const b = lum(rgb(getComputedStyle(back).backgroundColor));
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+}
+"""
+
+
+def test_text_and_button_meet_wcag_aa_contrast(
+    http: httpx.Client, partner: Partner, browser_page: BrowserPage
+) -> None:
+    _, url = grant(http, partner)
+    page = browser_page.page
+    page.goto(url)
+    for selector in ("h1", "main p", "li", ".note", "button"):
+        ratio = page.locator(selector).first.evaluate(CONTRAST)
+        assert ratio >= 4.5, (selector, ratio)
+    # The focus ring shows where the keyboard is.
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.textContent")
+    assert focused == "Accept the invitation"
+    outline = page.locator("button").evaluate("b => getComputedStyle(b).outlineStyle")
+    assert outline == "solid"
+
+
 def test_a_form_on_another_origin_cannot_accept(
     env: dict[str, str],
     http: httpx.Client,

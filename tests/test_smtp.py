@@ -440,3 +440,19 @@ def test_a_refused_login_is_retried_and_no_password_is_shown_anywhere(
     custom = with_mail(settings, mail_url=url)
     assert password not in repr(custom)
     assert password not in custom.mail_display
+
+
+def test_starttls_required_but_not_offered_sends_nothing_in_clear(
+    settings: Settings,
+    clock: FixedClock,
+    engine: Engine,
+    partner: Partner,
+    mail: MailServer,
+) -> None:
+    wanted = with_mail(settings, mail_url=mail.url(query="?starttls=true"))
+    with LiveServer(wanted, clock) as live:
+        httpx.get(live.url + V1_PATH, params=partner.params())
+        row = wait_for(lambda: (r := outbox_row(engine)).last_error and r)
+    assert row.status == "pending"
+    assert "STARTTLS" in row.last_error
+    assert mail.messages == []
