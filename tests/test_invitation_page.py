@@ -198,6 +198,8 @@ def test_accept_needs_the_cookie_the_form_and_our_origin(
         (jar, {"csrf_token": token}, {"Origin": "http://evil.example"}),
         (jar, {"csrf_token": token}, {"Referer": "http://evil.example/a"}),
     ]
+    oversized = {"csrf_token": token, "padding": "x" * 2000}
+    refused.append((jar, oversized, {"Origin": origin}))
     for cookies, form, headers in refused:
         with httpx.Client(cookies=cookies) as other:
             answer = other.post(url, data=form, headers=headers)

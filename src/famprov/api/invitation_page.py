@@ -134,7 +134,9 @@ async def accept(request: Request) -> Response:
 
 async def _same_site(request: Request) -> bool:
     cookie = request.cookies.get(_cookie_name(request), "")
-    if not cookie or int(request.headers.get("content-length") or 0) > _MAX_FORM_BYTES:
+    length = request.headers.get("content-length", "")
+    # A browser's form post states its length; the form is a few bytes.
+    if not cookie or not length.isdigit() or int(length) > _MAX_FORM_BYTES:
         return False
     async with request.form(max_files=0, max_fields=4) as form:
         sent = form.get(CSRF_FIELD)
