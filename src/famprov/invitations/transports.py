@@ -122,7 +122,6 @@ class SmtpTransport:
         self._idle = idle_seconds
         self._client: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
-        self.connections = 0  # opened so far; the tests read it
 
     async def send(self, message: EmailMessage, key: str) -> None:
         try:
@@ -190,7 +189,6 @@ class SmtpTransport:
             timeout=self._timeout,
         )
         await client.connect()
-        self.connections += 1
         self._client = client
         if server.username is not None and server.password is not None:
             await client.login(server.username, server.password.reveal())
