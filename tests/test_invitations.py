@@ -11,9 +11,18 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine
 
+from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.store.schema import outbox
-from support import V1_PATH, Partner, ServerProcess, mail_files, rows, wait_for
+from support import (
+    V1_PATH,
+    LiveServer,
+    Partner,
+    ServerProcess,
+    mail_files,
+    rows,
+    wait_for,
+)
 
 
 def read_mail(path: Path) -> EmailMessage:
@@ -105,3 +114,20 @@ def test_revoked_before_delivery_sends_nothing(
     with ServerProcess(env):
         wait_for(lambda: rows(engine, outbox)[0].status == "cancelled")
         assert mail_files(settings) == []
+
+
+def test_an_unwritable_mail_folder_keeps_the_invitation_pending_with_the_reason(
+    settings: Settings,
+    clock: FixedClock,
+    engine: Engine,
+    partner: Partner,
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the mail folder should be")
+    broken = Settings(**{**settings.model_dump(), "mail_url": f"file://{blocked}"})
+    with LiveServer(broken, clock) as live:
+        httpx.get(live.url + V1_PATH, params=partner.params())
+        row = wait_for(lambda: (r := rows(engine, outbox)[0]).last_error and r)
+    assert row.status == "pending"
+    assert row.last_error == f"could not write to {blocked}: File exists"

@@ -31,6 +31,7 @@ from famprov.api import postman
 from famprov.clock import SystemClock
 from famprov.config import Settings
 from famprov.errors import FamprovError
+from famprov.invitations import outbox as outbox_rows
 from famprov.invitations.delivery import DeliveryWorker
 from famprov.licenses import records
 from famprov.licenses.plans import product_name
@@ -407,6 +408,77 @@ def license_revoke(order_number: str, as_json: bool) -> None:
     """Revoke a license; it stays on record."""
     _, engine = store()
     show_record(records.revoke_license(engine, SystemClock(), order_number), as_json)
+
+
+@license.command("resend")
+@click.argument("order_number")
+def license_resend(order_number: str) -> None:
+    """Queue a fresh invitation for a license that is still invited."""
+    _, engine = store()
+    outbox_id = records.resend_invitation(engine, SystemClock(), order_number)
+    click.echo(f"invitation for {order_number} queued (outbox row {outbox_id})")
+
+
+@main.group()
+def outbox() -> None:
+    """See queued invitations and put failed ones back."""
+
+
+@outbox.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(outbox_rows.STATUSES),
+    help="Only rows in this state.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def outbox_list(status: str | None, as_json: bool) -> None:
+    """List invitations in the outbox, oldest first, with their last error."""
+    _, engine = store()
+    rows = outbox_rows.list_outbox(engine, status=status)
+    if as_json:
+        echo_json([r.to_json() for r in rows])
+        return
+    table(
+        [
+            "id",
+            "order number",
+            "email",
+            "status",
+            "attempts",
+            "next attempt (UTC)",
+            "last error",
+        ],
+        [
+            [
+                str(r.id),
+                r.order_number,
+                r.email,
+                r.status,
+                str(r.attempts),
+                r.next_attempt_at.isoformat(timespec="seconds")
+                if r.status == outbox_rows.PENDING
+                else "",
+                r.last_error or "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@outbox.command("retry")
+@click.argument("outbox_id", required=False, type=int)
+@click.option("--all-failed", is_flag=True, help="Retry every failed invitation.")
+def outbox_retry(outbox_id: int | None, all_failed: bool) -> None:
+    """Make a failed invitation due now, with a fresh retry window."""
+    if (outbox_id is None) == (not all_failed):
+        fail("give an outbox row ID or --all-failed, not both and not neither", 2)
+    _, engine = store()
+    if outbox_id is not None:
+        row = outbox_rows.retry(engine, SystemClock(), outbox_id)
+        click.echo(f"outbox row {row.id} ({row.order_number}) is due now")
+        return
+    count = outbox_rows.retry_all_failed(engine, SystemClock())
+    click.echo(f"{count} failed invitation(s) due now")
 
 
 def show_record(record: records.LicenseRecord, as_json: bool) -> None:

@@ -6,23 +6,45 @@ command sees the same store and mail folder as the server it sits beside.
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
+from email.headerregistry import HeaderRegistry
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
+from famprov.logs import Secret
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./famprov.db"
 DEFAULT_MAIL_URL = "file://./famprov-mail"
+_SMTP_PORTS = {"smtp": 25, "smtps": 465}
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where ``smtp://`` and ``smtps://`` mail goes; the password prints as
+    ``[secure]``."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    starttls: bool
+    username: str | None
+    password: Secret | None
 
 
 class Settings(BaseSettings):
     """What an operator can set, with the embedded defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="FAMPROV_", extra="ignore")
+    # A refused value is never echoed: the mail URL may hold a password.
+    model_config = SettingsConfigDict(
+        env_prefix="FAMPROV_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
@@ -31,7 +53,24 @@ class Settings(BaseSettings):
     )
     mail_url: str = Field(
         DEFAULT_MAIL_URL,
-        description="Where invitations go: file://FOLDER writes one .eml each.",
+        description="Where invitations go: file://FOLDER writes one .eml each; "
+        "smtp://[USER:PASSWORD@]HOST[:PORT][?starttls=true] or smtps://... "
+        "sends through a mail server.",
+        repr=False,
+    )
+    mail_tls_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the certificate authorities that sign the "
+        "mail server's certificate, instead of the system's.",
+    )
+    mail_tls_verify: bool = Field(
+        True,
+        description="Whether the mail server's TLS certificate is checked.",
+    )
+    mail_timeout_seconds: float = Field(30, gt=0)
+    template_folder: Path | None = Field(
+        None,
+        description="A folder whose templates replace famprov's own, by name.",
     )
     mail_from: str = Field(
         "famprov <famprov@localhost>",
@@ -60,7 +99,12 @@ class Settings(BaseSettings):
         description="How long a claimed invitation is held before another "
         "worker may take it over.",
     )
-    delivery_max_attempts: int = Field(12, ge=1)
+    delivery_retry_hours: float = Field(
+        24,
+        gt=0,
+        description="How long an invitation that fails temporarily is retried, "
+        "from its first failure, before it is marked failed.",
+    )
     writer_batch_size: int = Field(256, ge=1, le=10_000)
     writers: int = Field(
         0,
@@ -110,13 +154,34 @@ class Settings(BaseSettings):
     @classmethod
     def _check_mail_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme != "file":
+        if parts.scheme == "file":
+            if not (parts.netloc + parts.path):
+                raise ValueError("file:// needs a folder")
+            return value
+        if parts.scheme in _SMTP_PORTS:
+            _smtp_server(parts)
+            return value
+        raise ValueError(
+            "must be file://FOLDER, smtp://HOST[:PORT] or smtps://HOST[:PORT]"
+        )
+
+    @field_validator("mail_from")
+    @classmethod
+    def _check_mail_from(cls, value: str) -> str:
+        header = HeaderRegistry()("From", value)
+        addresses = getattr(header, "addresses", ())
+        if header.defects or len(addresses) != 1:
             raise ValueError(
-                "only file://FOLDER is supported in this version "
-                "(for example file://./famprov-mail)"
+                "must be one address, optionally with a display name: "
+                "'Acme Rewards <rewards@example.com>'"
             )
-        if not (parts.netloc + parts.path):
-            raise ValueError("file:// needs a folder")
+        return value
+
+    @field_validator("template_folder")
+    @classmethod
+    def _check_template_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
         return value
 
     @cached_property
@@ -134,6 +199,21 @@ class Settings(BaseSettings):
         return self.database.get_backend_name() == "sqlite"
 
     @property
+    def mail_display(self) -> str:
+        """The mail URL with any password masked, fit for printing."""
+        parts = urlsplit(self.mail_url)
+        if parts.password is None:
+            return self.mail_url
+        netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+        return parts._replace(netloc=netloc).geturl()
+
+    @property
+    def smtp_server(self) -> SmtpServer | None:
+        """The mail server of an smtp:// or smtps:// mail URL, else None."""
+        parts = urlsplit(self.mail_url)
+        return _smtp_server(parts) if parts.scheme in _SMTP_PORTS else None
+
+    @property
     def mail_folder(self) -> Path:
         """The folder of the file:// mail transport.
 
@@ -144,3 +224,50 @@ class Settings(BaseSettings):
         if parts.netloc in ("", "localhost"):
             return Path(parts.path)
         return Path(parts.netloc + parts.path)
+
+
+def _smtp_server(parts: SplitResult) -> SmtpServer:
+    """Read an smtp:// or smtps:// URL; raise ValueError naming what is wrong,
+    never repeating the password."""
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number from 1 to 65535") from None
+    if not host:
+        raise ValueError(f"{parts.scheme}:// needs a host")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"starttls"}
+    if unknown or parts.path not in ("", "/") or parts.fragment:
+        raise ValueError("takes no path and no query parameter but starttls")
+    flag = query.get("starttls", ["false"])[-1].lower()
+    if flag not in ("true", "false"):
+        raise ValueError("starttls must be true or false")
+    implicit_tls, starttls = parts.scheme == "smtps", flag == "true"
+    if implicit_tls and starttls:
+        raise ValueError("smtps:// is TLS from the start; starttls is for smtp://")
+    if (parts.username is None) != (parts.password is None):
+        raise ValueError("needs both a user and a password, or neither")
+    plain = not (implicit_tls or starttls)
+    if parts.password is not None and plain and not _is_loopback(host):
+        raise ValueError(
+            "would send the password unencrypted: use smtps:// or ?starttls=true"
+        )
+    return SmtpServer(
+        host=host,
+        port=port or (587 if starttls else _SMTP_PORTS[parts.scheme]),
+        implicit_tls=implicit_tls,
+        starttls=starttls,
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=(
+            Secret(unquote(parts.password)) if parts.password is not None else None
+        ),
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -14,7 +14,8 @@ The ``message`` of an API-facing error is part of the wire contract.
     │   ├── TransactionConflictError     409
     │   └── ExistingLicenseError         409
     ├── QuotaExceededError               403
-    ├── NotFoundError                    404 (operator tools)
+    ├── NotFoundError                    404 (operator tools, unknown vault URL)
+    ├── InvitationGoneError              410 (revoked or expired license's link)
     └── OperatorError                    CLI only: refused operator input
 """
 
@@ -82,6 +83,16 @@ class QuotaExceededError(FamprovError):
 
 class NotFoundError(FamprovError):
     """An operator named something the store does not hold."""
+
+
+class InvitationGoneError(FamprovError):
+    """A vault URL whose license was revoked or has expired.
+
+    Revoked and expired answer alike, and say nothing of the license: the
+    link's holder learns only that it no longer works.
+    """
+
+    message = "This invitation is no longer valid"
 
 
 class OperatorError(FamprovError):

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from famprov import logs
-from famprov.api import openapi, partner_v1
+from famprov.api import invitation_page, openapi, partner_v1
 from famprov.api.errors import HANDLERS, failure
 from famprov.api.metrics import Metrics
 from famprov.api.metrics import endpoint as metrics_endpoint
@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         metrics.watch_store(engine)
         app.state.metrics = metrics
         app.state.settings = settings
+        app.state.clock = clock
         app.state.engine = engine
         app.state.grants = grants
         await grants.start()
@@ -107,7 +108,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         log.info(
             "service_started",
             database=settings.database_display,
-            mail=settings.mail_url,
+            mail=settings.mail_display,
             delivery=deliver,
         )
         try:
@@ -121,6 +122,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             log.info("service_stopped")
 
     routes = [
+        Route("/invite/{token}", invitation_page.show, methods=["GET"]),
+        Route("/invite/{token}", invitation_page.accept, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

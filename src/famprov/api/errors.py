@@ -19,6 +19,7 @@ from famprov.errors import (
     ConflictError,
     FamprovError,
     InvalidRequestError,
+    InvitationGoneError,
     NotFoundError,
     PartnerAuthError,
     QuotaExceededError,
@@ -29,11 +30,13 @@ STATUS: dict[type[FamprovError], int] = {
     PartnerAuthError: 401,
     QuotaExceededError: 403,
     NotFoundError: 404,
+    InvitationGoneError: 410,
     ConflictError: 409,
 }
 
 HTTP_MESSAGES = {
     404: "Not found",
+    403: "Forbidden",
     405: "Method not allowed",
     413: "Request too large",
     414: "Request URI too long",

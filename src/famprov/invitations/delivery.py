@@ -4,6 +4,13 @@ A grant writes its outbox row in the license's own transaction; this worker
 picks rows up after commit. A row is claimed for a lease before it is sent,
 so a worker that dies mid-delivery only delays it: once the lease runs out,
 the row is due again.
+
+A row's life: ``pending`` -> ``sent``; or ``pending`` -> ``failed`` when the
+mail server refuses it for good (a 5xx reply) or when temporary failures
+(4xx replies, refused connections, timeouts) outlast the retry window
+(``FAMPROV_DELIVERY_RETRY_HOURS``, counted from the first failure); or
+``pending`` -> ``cancelled`` when its license was revoked before it went out.
+The reason of the last failure stays in ``last_error``.
 """
 
 from __future__ import annotations
@@ -17,17 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import jinja2
 from email_validator import validate_email
 from sqlalchemy import Engine, and_, or_, select, update
 
 from famprov.clock import Clock
 from famprov.config import Settings
 from famprov.invitations import message, transports
-from famprov.invitations.transports import Transport
+from famprov.invitations.transports import DeliveryError, Transport
 from famprov.licenses.service import REVOKED, vault_url
 from famprov.logs import log, redact_email
 from famprov.store import WRITE
 from famprov.store.schema import licenses, outbox, partners
+from famprov.templating import environment
 
 
 def backoff(attempts: int) -> timedelta:
@@ -55,7 +64,8 @@ class DeliveryWorker:
         *,
         public_url: str,
         sender: str,
-        max_attempts: int = 12,
+        retry_for: timedelta = timedelta(hours=24),
+        templates: jinja2.Environment | None = None,
         poll_seconds: float = 1.0,
         lease_seconds: float = 120,
         batch: int = 25,
@@ -66,7 +76,8 @@ class DeliveryWorker:
         self._clock = clock
         self._public_url = public_url
         self._sender = sender
-        self._max_attempts = max_attempts
+        self._retry_for = retry_for
+        self._templates = templates or environment()
         self._poll = poll_seconds
         self._batch = batch
         self._wake = asyncio.Event()
@@ -83,7 +94,8 @@ class DeliveryWorker:
             clock,
             public_url=settings.public_url,
             sender=settings.mail_from,
-            max_attempts=settings.delivery_max_attempts,
+            retry_for=timedelta(hours=settings.delivery_retry_hours),
+            templates=environment(settings.template_folder),
             poll_seconds=settings.delivery_poll_seconds,
             lease_seconds=settings.delivery_lease_seconds,
         )
@@ -106,6 +118,7 @@ class DeliveryWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             self._wake.clear()
+        await self._transport.close()
 
     def stop(self) -> None:
         self._stopping = True
@@ -125,10 +138,13 @@ class DeliveryWorker:
             await asyncio.to_thread(self._finish, row.outbox_id, claim, "cancelled")
             return
         key = f"invitation-{row.order_number}-{row.outbox_id}"
-        msg = message.build(
-            row.invitation, sender=self._sender, sent_at=self._clock.now()
-        )
         try:
+            msg = message.build(
+                row.invitation,
+                sender=self._sender,
+                sent_at=self._clock.now(),
+                templates=self._templates,
+            )
             await self._transport.send(msg, key)
         except Exception as exc:
             await asyncio.to_thread(self._failed, row.outbox_id, claim, exc)
@@ -205,20 +221,47 @@ class DeliveryWorker:
             status=status,
             sent_at=self._clock.now() if status == "sent" else None,
             last_error=None,
+            failing_since=None,
         )
 
     def _failed(self, outbox_id: int, claim: str, exc: Exception) -> None:
+        now = self._clock.now()
         with self._engine.connect() as conn:
-            attempts = conn.execute(
-                select(outbox.c.attempts).where(outbox.c.id == outbox_id)
-            ).scalar_one()
-        reason = f"{type(exc).__name__}: {exc}"[:500]
-        if attempts >= self._max_attempts:
-            self._update(outbox_id, claim, status="failed", last_error=reason)
-            log.error("invitation_failed", outbox_id=outbox_id, attempts=attempts)
+            attempts, since = conn.execute(
+                select(outbox.c.attempts, outbox.c.failing_since).where(
+                    outbox.c.id == outbox_id
+                )
+            ).one()
+        since = since or now
+        if isinstance(exc, DeliveryError):
+            reason, permanent = exc.reason, exc.permanent
+        else:
+            # Only the type: the text of an unexpected error is not known to
+            # be free of personal data.
+            reason, permanent = f"{type(exc).__name__} (unexpected)", False
+        if permanent or now - since >= self._retry_for:
+            self._update(
+                outbox_id,
+                claim,
+                status="failed",
+                last_error=reason[:500],
+                failing_since=since,
+            )
+            log.error(
+                "invitation_failed",
+                outbox_id=outbox_id,
+                attempts=attempts,
+                permanent=permanent,
+            )
             return
-        due: datetime = self._clock.now() + backoff(attempts)
-        self._update(outbox_id, claim, next_attempt_at=due, last_error=reason)
+        due: datetime = now + backoff(attempts)
+        self._update(
+            outbox_id,
+            claim,
+            next_attempt_at=due,
+            last_error=reason[:500],
+            failing_since=since,
+        )
         log.warning(
             "invitation_retry",
             outbox_id=outbox_id,

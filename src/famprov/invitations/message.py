@@ -1,4 +1,5 @@
-"""The invitation email, built with the standard library's `email` package.
+"""The invitation email: words from templates (`famprov.templating`), built
+with the standard library's `email` package.
 
 Headers are set through `EmailMessage` and `Address`, never pasted together
 from strings, so no field can inject a header; names in any script are
@@ -7,13 +8,14 @@ encoded as the policy requires.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+
+import jinja2
 
 from famprov.licenses.plans import product_name
 
@@ -36,51 +38,49 @@ def expiry_text(expires_at: datetime) -> str:
     return f"{expires_at.day} {expires_at:%B %Y}"
 
 
-def text_body(inv: Invitation) -> str:
-    products = "\n".join(f"  - {product_name(code)}" for code in inv.products)
-    return (
-        f"Hello {inv.first_name},\n\n"
-        f"{inv.partner_name} has given you a free family plan. It includes:\n\n"
-        f"{products}\n\n"
-        f"Your plan runs until {expiry_text(inv.expires_at)} (UTC).\n\n"
-        f"Create your account with this email address ({inv.to_email}) here:\n\n"
-        f"  {inv.vault_url}\n\n"
-        "If you were not expecting this invitation, you can ignore it.\n"
-    )
+def one_line(text: str) -> str:
+    """``text`` with every run of white space or control characters made one
+    space: what a header may hold, whatever a template or a name contains."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
-def html_body(inv: Invitation) -> str:
-    e = html.escape
-    products = "".join(f"<li>{e(product_name(code))}</li>" for code in inv.products)
-    return (
-        '<!doctype html><html><body style="font-family: sans-serif">'
-        f"<p>Hello {e(inv.first_name)},</p>"
-        f"<p>{e(inv.partner_name)} has given you a free family plan. "
-        f"It includes:</p><ul>{products}</ul>"
-        f"<p>Your plan runs until {e(expiry_text(inv.expires_at))} (UTC).</p>"
-        f"<p>Create your account with this email address "
-        f"({e(inv.to_email)}):</p>"
-        f'<p><a href="{e(inv.vault_url, quote=True)}">Create your account</a></p>'
-        "<p>If you were not expecting this invitation, you can ignore it.</p>"
-        "</body></html>"
-    )
+def context(inv: Invitation) -> dict[str, object]:
+    """What the templates see."""
+    return {
+        "first_name": inv.first_name,
+        "last_name": inv.last_name,
+        "partner_name": inv.partner_name,
+        "products": [product_name(code) for code in inv.products],
+        "expires": expiry_text(inv.expires_at),
+        "email": inv.to_email,
+        "vault_url": inv.vault_url,
+    }
 
 
-def build(inv: Invitation, *, sender: str, sent_at: datetime) -> EmailMessage:
+def build(
+    inv: Invitation,
+    *,
+    sender: str,
+    sent_at: datetime,
+    templates: jinja2.Environment,
+) -> EmailMessage:
     """Return the invitation as a multipart/alternative message."""
+    values = context(inv)
     msg = EmailMessage(policy=policy.SMTPUTF8 if inv.smtputf8 else policy.SMTP)
-    display = (
-        inv.first_name if not inv.last_name else f"{inv.first_name} {inv.last_name}"
-    )
+    display = one_line(f"{inv.first_name} {inv.last_name or ''}")
     local, _, domain = inv.to_email.rpartition("@")
-    msg["Subject"] = f"{inv.first_name}, your family plan is ready"
+    msg["Subject"] = one_line(
+        templates.get_template("mail/invitation-subject.txt").render(values)
+    )
     msg["From"] = sender
     msg["To"] = Address(display_name=display, username=local, domain=domain)
     msg["Date"] = format_datetime(sent_at)
     msg["Message-ID"] = make_msgid(domain=_sender_domain(sender))
     # Quoted-printable keeps the message 7-bit clean for any relay.
-    msg.set_content(text_body(inv), cte="quoted-printable")
-    msg.add_alternative(html_body(inv), subtype="html", cte="quoted-printable")
+    text = templates.get_template("mail/invitation.txt").render(values)
+    html = templates.get_template("mail/invitation.html").render(values)
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
     return msg
 
 

@@ -1,4 +1,4 @@
-"""Licenses as the operator sees them: listed, shown, revoked."""
+"""Licenses as the operator sees them: listed, shown, revoked, invited again."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from sqlalchemy import Engine, Row, Select, select, update
 
 from famprov.clock import Clock
 from famprov.errors import NotFoundError, OperatorError
-from famprov.licenses.service import LIVE, REVOKED, effective_status
+from famprov.invitations.outbox import PENDING, queue_invitation
+from famprov.licenses.service import INVITED, LIVE, REVOKED, effective_status
 from famprov.store import WRITE
 from famprov.store.schema import licenses, outbox, partners
 
@@ -127,3 +128,39 @@ def revoke_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRe
             .values(status=REVOKED, revoked_at=clock.now(), live_email_key=None)
         )
     return get_license(engine, clock, order_number)
+
+
+def resend_invitation(engine: Engine, clock: Clock, order_number: str) -> int:
+    """Queue a fresh invitation for a license still waiting to be accepted;
+    return its outbox row.
+
+    The vault URL stays the same: the partner's answer to the grant holds
+    it, and a replay of the grant must keep answering the same.
+    """
+    now = clock.now()
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        row = conn.execute(
+            select(licenses.c.id, licenses.c.status, licenses.c.expires_at).where(
+                licenses.c.order_number == order_number
+            )
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no license with order number {order_number!r}")
+        status = effective_status(row.status, row.expires_at, now)
+        if status != INVITED:
+            raise OperatorError(
+                f"license {order_number} is {status}; only an invited license "
+                "gets its invitation again"
+            )
+        waiting = conn.execute(
+            select(outbox.c.id).where(
+                outbox.c.license_id == row.id, outbox.c.status == PENDING
+            )
+        ).first()
+        if waiting is not None:
+            raise OperatorError(
+                f"an invitation for license {order_number} is still pending "
+                f"(outbox row {waiting.id}); famprov outbox retry {waiting.id} "
+                "sends it now"
+            )
+        return queue_invitation(conn, row.id, now)

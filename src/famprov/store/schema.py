@@ -102,7 +102,8 @@ outbox = Table(
     Column("id", Integer, primary_key=True),
     Column("license_id", ForeignKey("licenses.id"), nullable=False),
     Column("kind", String(32), nullable=False),
-    # pending -> sent, or pending -> failed once the attempts run out
+    # pending -> sent; pending -> failed on a permanent refusal or once the
+    # retry window is over; pending -> cancelled for a revoked license.
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=False),
@@ -113,6 +114,9 @@ outbox = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
     Column("last_error", Text),
+    # When the first of an unbroken run of failures happened: the retry
+    # window is counted from here. NULL while nothing has failed.
+    Column("failing_since", UTCDateTime),
     Index("ix_outbox_due", "status", "next_attempt_at"),
     Index("ix_outbox_claim", "claim"),
     Index("ix_outbox_license", "license_id"),
