@@ -83,10 +83,16 @@ def wait_answering(url: str, timeout: float = 30) -> None:
 
 
 def rss_mb(pid: int) -> float:
+    """The resident memory of the process and its children (famprov's writer
+    process among them)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 def write_paths(target: Path, prefix: str, count: int) -> None:

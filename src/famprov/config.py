@@ -107,12 +107,11 @@ class Settings(BaseSettings):
     )
     writer_batch_size: int = Field(256, ge=1, le=10_000)
     writers: int = Field(
-        0,
-        ge=0,
+        1,
+        ge=1,
         le=16,
-        description="Writer processes per serving process, each with a "
-        "connection of its own; 0 picks 1 on SQLite (its only choice) and 2 on "
-        "PostgreSQL, so that one batch is written while another commits.",
+        description="Writer processes per serving process, each with one batch "
+        "in flight on a connection of its own; above 1 needs PostgreSQL.",
     )
 
     @field_validator("writers")
@@ -122,12 +121,6 @@ class Settings(BaseSettings):
         if value > 1 and make_url(database).get_backend_name() == "sqlite":
             raise ValueError("above 1 needs PostgreSQL: SQLite takes one writer")
         return value
-
-    @property
-    def writer_count(self) -> int:
-        if self.writers:
-            return self.writers
-        return 1 if self.is_embedded else 2
 
     @field_validator("public_url")
     @classmethod

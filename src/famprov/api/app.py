@@ -92,7 +92,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             PartnerDirectory(engine, settings.partner_cache_seconds),
             clock,
             batch_size=settings.writer_batch_size,
-            writers=settings.writer_count,
+            writers=settings.writers,
             log_format=logs.current_format(),
             log_level=settings.log_level,
             after_commit=committed,

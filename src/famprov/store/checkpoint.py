@@ -24,7 +24,7 @@ INTERVAL_SECONDS = 0.25
 RESTART_PAGES = 16_384  # 64 MiB of 4 KiB pages
 # The writer's page cache: the unique indexes of order numbers and vault
 # tokens take random keys, so their pages are touched all over.
-WRITER_CACHE_KIB = 32_768
+WRITER_CACHE_KIB = 8_192
 
 
 def prepare_writer(conn: Connection) -> None:

@@ -18,9 +18,9 @@ process only writes one message per batch to a socket and reads one back.
 Jobs and outcomes cross as plain values (see ``encode``/``decode`` of the
 caller), in length-prefixed pickles over a socket pair that only the two
 processes hold. The writer process leaves when its socket closes, so it
-never outlives the serving process; if it dies, the jobs in its batch fail
-(the client retries; a transaction id makes that safe) and a new one is
-started.
+never outlives the serving process. If it dies, a new one is started and
+given the batch it had in hand, written or not: sent again, a job is a
+replay of its transaction id.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
@@ -48,6 +48,10 @@ HEADER = 4  # bytes of big-endian length before each message
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 30
 RESTART_DELAY_SECONDS = 1.0
+MAX_TRIES = 2  # writer processes a job is sent to before it fails
+
+
+_Job = tuple[Any, "asyncio.Future[Any]", int]
 
 
 class WriterClosedError(RuntimeError):
@@ -103,11 +107,12 @@ class BatchWriter(Generic[J, R]):
         self._max_batch = max_batch
         self._after_commit = after_commit
         self._children: list[_Child] = []
-        self._pending: list[tuple[Any, asyncio.Future[R]]] = []
+        # Each job with its caller's future and the writers it was sent to.
+        self._pending: list[_Job] = []
         self._dispatching = False
         self._closed = False
         self._batches = 0
-        self._restarting: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         """Start the writer processes; raise if one cannot open the store."""
@@ -116,7 +121,7 @@ class BatchWriter(Generic[J, R]):
     async def stop(self) -> None:
         """Close the writers' sockets and wait for them to finish and leave."""
         self._closed = True
-        for _, future in self._pending:
+        for _, future, _ in self._pending:
             if not future.done():
                 future.set_exception(WriterClosedError("the writer is stopped"))
         self._pending.clear()
@@ -124,13 +129,14 @@ class BatchWriter(Generic[J, R]):
         for child in children:
             child.close()
         await asyncio.gather(*(child.wait() for child in children))
+        await asyncio.gather(*self._tasks)
 
     async def write(self, job: J) -> R:
         """Queue the job and wait, without blocking the loop, for its commit."""
         if self._closed:
             raise WriterClosedError("the writer is stopped")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((self._encode(job), future))
+        self._pending.append((self._encode(job), future, 0))
         if not self._dispatching:
             # Jobs queued in the same round of the loop share a batch.
             self._dispatching = True
@@ -149,7 +155,7 @@ class BatchWriter(Generic[J, R]):
                 child.send_batch(self._batches, self._clock(), batch)
 
     def _finished(self, child: _Child, outcomes: list[Any], seconds: float) -> None:
-        futures = child.take_in_flight()
+        futures = [future for _, future, _ in child.take_in_flight()]
         if self._after_commit is not None:
             self._after_commit(len(futures), seconds)
         for future, (kind, value) in zip(futures, outcomes, strict=True):
@@ -165,17 +171,33 @@ class BatchWriter(Generic[J, R]):
         self._dispatch()
 
     def _lost(self, child: _Child) -> None:
-        """The writer process went away: fail its batch, start another."""
-        for future in child.take_in_flight():
-            if not future.done():
+        """The writer process went away: start another, and give it the jobs
+        of the batch in hand.
+
+        Whether that batch was committed before the process died is unknown,
+        and needs not be: a job sent again is a replay of its transaction
+        id, answered from the store if it was written. A job whose batch has
+        lost two writers already fails instead, in case it is what kills them.
+        """
+        again = []
+        for job, future, tries in child.take_in_flight():
+            if future.done():
+                continue
+            if self._closed or tries + 1 >= MAX_TRIES:
                 future.set_exception(WriterClosedError("the writer process died"))
-        if child in self._children:
+            else:
+                again.append((job, future, tries + 1))
+        self._pending[:0] = again
+        self._background(child.wait())
+        if child in self._children and not self._closed:
             self._children.remove(child)
-            if not self._closed:
-                log.error("writer_process_lost", exit=child.exit_code())
-                restart = asyncio.ensure_future(self._restart())
-                self._restarting.add(restart)
-                restart.add_done_callback(self._restarting.discard)
+            log.error("writer_process_lost", exit=child.exit_code())
+            self._background(self._restart())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _restart(self) -> None:
         while not self._closed:
@@ -224,7 +246,7 @@ class _Child(asyncio.Protocol):
         self._process = process
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
-        self._in_flight: list[asyncio.Future[Any]] | None = None
+        self._in_flight: list[_Job] | None = None
         self._started = 0.0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -240,14 +262,12 @@ class _Child(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(frame(message))
 
-    def send_batch(
-        self, number: int, now: datetime, batch: list[tuple[Any, asyncio.Future[Any]]]
-    ) -> None:
-        self._in_flight = [future for _, future in batch]
+    def send_batch(self, number: int, now: datetime, batch: list[_Job]) -> None:
+        self._in_flight = batch
         self._started = time.perf_counter()
-        self.send((number, now, [job for job, _ in batch]))
+        self.send((number, now, [job for job, _, _ in batch]))
 
-    def take_in_flight(self) -> list[asyncio.Future[Any]]:
+    def take_in_flight(self) -> list[_Job]:
         futures, self._in_flight = self._in_flight or [], None
         return futures
 
