@@ -599,24 +599,25 @@ def provision_csv(
     if checked.problems and strict:
         fail(f"{len(checked.problems)} invalid row(s) and --strict: nothing sent", 2)
 
-    async def send() -> None:
-        async with client.AsyncClient(
+    def connect() -> client.AsyncClient:
+        return client.AsyncClient(
             url,
             partner=partner_name,
             salt=secret,
             retries=retries,
             timeout=timeout,
-            max_connections=concurrency,
-        ) as api:
-            await sending.execute(
-                plan,
-                api,
-                concurrency,
-                progress_out=sys.stderr,
-                progress_every=progress_every,
-            )
+            max_connections=1,
+        )
 
-    asyncio.run(send())
+    asyncio.run(
+        sending.execute(
+            plan,
+            connect,
+            concurrency,
+            progress_out=sys.stderr,
+            progress_every=progress_every,
+        )
+    )
     print_summary(plan, out)
     summary = plan.summary
     if summary.stopped == "interrupted":

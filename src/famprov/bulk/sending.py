@@ -26,7 +26,7 @@ import asyncio
 import re
 import signal
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
@@ -98,13 +98,21 @@ def _reason(message: str) -> str:
     return message.removeprefix(_PREFIX)
 
 
-class Importer:
-    """Sends the rows with ``concurrency`` requests in flight at most."""
+Grant = Callable[..., Awaitable[api.Grant]]
+Connect = Callable[[], api.AsyncClient]
 
-    def __init__(
-        self, client: api.AsyncClient, log: ResultsLog, summary: Summary
-    ) -> None:
-        self.client = client
+
+class Importer:
+    """Sends the rows, one request in flight per worker.
+
+    Each worker has a client of its own holding one keep-alive connection:
+    with one client shared by 32 workers, httpcore's pool spent more of the
+    importer's time choosing a connection for each request than sending it
+    (measured with cProfile: 40% of the run).
+    """
+
+    def __init__(self, connect: Connect, log: ResultsLog, summary: Summary) -> None:
+        self.connect = connect
         self.log = log
         self.summary = summary
         self.sent = 0
@@ -127,15 +135,21 @@ class Importer:
 
     async def run(self, rows: Sequence[Row], concurrency: int) -> None:
         queue = iter(rows)
-        self._workers = [
-            asyncio.create_task(self._work(queue))
-            for _ in range(min(concurrency, len(rows)) or 1)
-        ]
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        # Made before the first request, so that an address that cannot work
+        # fails the run once, here.
+        clients = [self.connect() for _ in range(min(concurrency, len(rows)))]
+        try:
+            self._workers = [
+                asyncio.create_task(self._work(client.grant, queue))
+                for client in clients
+            ]
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        finally:
+            for client in clients:
+                await client.aclose()
         self.summary.not_sent += len(rows) - self.sent
 
-    async def _work(self, queue: Iterator[Row]) -> None:
-        grant = self.client.grant
+    async def _work(self, grant: Grant, queue: Iterator[Row]) -> None:
         for row in queue:
             if self._stopping:
                 return
@@ -232,7 +246,7 @@ def _invalid(problem: Problem) -> Result:
 
 async def execute(
     plan: Plan,
-    client: api.AsyncClient,
+    connect: Connect,
     concurrency: int,
     *,
     progress_out: TextIO,
@@ -244,7 +258,7 @@ async def execute(
     requests in flight; a second SIGINT abandons them.
     """
     log = ResultsLog(plan.out)
-    importer = Importer(client, log, plan.summary)
+    importer = Importer(connect, log, plan.summary)
     loop = asyncio.get_running_loop()
 
     def interrupted() -> None:
