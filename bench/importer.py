@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from famprov import client
-from famprov.bulk import reading, sending
+from famprov.bulk import reading, results, sending
 
 ROWS = 20_000
 CONCURRENCY = 32
@@ -47,9 +47,14 @@ def measure(
     *,
     rows: int = ROWS,
     concurrency: int = CONCURRENCY,
+    orders: Path | None = None,
 ) -> float:
     """Import ``rows`` fresh people into the famprov at ``base_url``; return
-    rows granted per second, from reading the file to the last answer."""
+    rows granted per second, from reading the file to the last answer.
+
+    ``orders``, when given, receives the order numbers granted, one a line,
+    as wrk's runs write theirs, so that a store check can count them.
+    """
     with tempfile.TemporaryDirectory(prefix="famprov-bench-import-") as folder:
         export = Path(folder) / "export.csv"
         write_export(export, rows)
@@ -59,6 +64,9 @@ def measure(
         )
         asyncio.run(_send(plan, base_url, partner, salt, concurrency))
         elapsed = time.perf_counter() - started
+        if orders is not None:
+            granted = results.read_results(Path(folder) / "results.csv").values()
+            orders.write_text("".join(f"{r.order_number}\n" for r in granted))
     summary = plan.summary
     if summary.granted != rows:
         raise RuntimeError(

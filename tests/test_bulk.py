@@ -17,22 +17,25 @@ from sqlalchemy import Engine
 
 from famprov.bulk import progress, reading, results
 from famprov.cli import main
-from famprov.clock import FixedClock
-from famprov.config import Settings
 from famprov.store.schema import licenses, outbox
-from support import FAMPROV, LiveServer, Partner, only, rows, wait_for
+from support import (
+    FAMPROV,
+    LiveServer,
+    Partner,
+    ServerProcess,
+    only,
+    rows,
+    wait_for,
+)
+
+Served = LiveServer | ServerProcess
 
 HEADER = "First Name,Surname,E-mail\n"
 
 
-def provision_csv(server: LiveServer, partner: Partner, *args: str) -> Result:
-    return CliRunner().invoke(
-        main,
-        [
-            "provision-csv", *args, "--url", server.url,
-            "--partner", partner.name, "--salt", partner.salt,
-        ],  # fmt: skip
-    )
+def provision_csv(server: Served, partner: Partner, *args: str) -> Result:
+    argv = ["provision-csv", *args, "--url", server.url, "--partner", partner.name]
+    return CliRunner().invoke(main, [*argv, "--salt", partner.salt])
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -172,7 +175,8 @@ def test_bad_rows_are_listed_by_line_and_skipped(
     ]
     assert "invalid:         6" in result.stdout
     assert "  2  control characters" in result.stdout
-    statuses = {r["line"]: r["status"] for r in read_results(tmp_path / "staff.results.csv")}
+    lines = read_results(tmp_path / "staff.results.csv")
+    statuses = {r["line"]: r["status"] for r in lines}
     assert statuses == {
         "2": "granted", "3": "invalid", "4": "invalid", "5": "invalid",
         "6": "invalid", "7": "invalid", "8": "invalid", "10": "granted",
@@ -268,14 +272,12 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_person_granted_elsewhere_is_already_granted_with_its_order_number(
     server: LiveServer, partner: Partner, engine: Engine, tmp_path: Path
 ) -> None:
-    single = CliRunner().invoke(
-        main,
-        [
-            "provision", "--url", server.url, "--partner", "acme",
-            "--salt", partner.salt, "--transaction-id", "by-hand",
-            "--first-name", "Ann", "--email", "ann@example.com",
-        ],  # fmt: skip
-    )
+    argv = [
+        "provision", "--url", server.url, "--partner", "acme",
+        "--salt", partner.salt, "--transaction-id", "by-hand",
+        "--first-name", "Ann", "--email", "ann@example.com",
+    ]  # fmt: skip
+    single = CliRunner().invoke(main, argv)
     assert single.exit_code == 0, single.output
     order = stored(engine)["ann@example.com"]["order_number"]
     export = write(
@@ -338,13 +340,11 @@ def test_a_wrong_salt_stops_the_run(
 
 def test_a_server_that_is_not_there_fails_the_run_once(tmp_path: Path) -> None:
     export = write(tmp_path / "staff.csv", HEADER + "Ann,Lee,ann@example.com\n" * 1)
-    result = CliRunner().invoke(
-        main,
-        [
-            "provision-csv", str(export), "--url", "http://127.0.0.1:9",
-            "--partner", "acme", "--salt", "some-salt-0123456789", "--retries", "0",
-        ],  # fmt: skip
-    )
+    argv = [
+        "provision-csv", str(export), "--url", "http://127.0.0.1:9",
+        "--partner", "acme", "--salt", "some-salt-0123456789", "--retries", "0",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
 
     assert result.exit_code == 1
     assert "failed:          1" in result.stdout
@@ -372,17 +372,16 @@ def export_of(path: Path, count: int) -> Path:
 
 
 @pytest.fixture
-def quiet_server(
-    settings: Settings, clock: FixedClock, engine: Engine
-) -> Iterator[LiveServer]:
-    """A server queueing invitations without sending them, as on a host
-    with delivery elsewhere: large imports then measure the grants alone."""
-    with LiveServer(settings.model_copy(update={"delivery": False}), clock) as live:
+def quiet_server(env: dict[str, str], partner: Partner) -> Iterator[ServerProcess]:
+    """``famprov serve --no-delivery`` as a child: the large imports run
+    beside a server with an interpreter of its own, as they would for real,
+    and measure the grants alone (invitations stay in the outbox)."""
+    with ServerProcess(env, "--no-delivery") as live:
         yield live
 
 
 def test_ctrl_c_keeps_every_answer_and_a_rerun_finishes_the_file(
-    quiet_server: LiveServer, partner: Partner, engine: Engine, tmp_path: Path
+    quiet_server: ServerProcess, partner: Partner, engine: Engine, tmp_path: Path
 ) -> None:
     count = 3000
     export = export_of(tmp_path / "staff.csv", count)
@@ -431,7 +430,7 @@ def test_ctrl_c_keeps_every_answer_and_a_rerun_finishes_the_file(
 
 @only("sqlite")
 def test_twenty_thousand_rows(
-    quiet_server: LiveServer, partner: Partner, engine: Engine, tmp_path: Path
+    quiet_server: ServerProcess, partner: Partner, engine: Engine, tmp_path: Path
 ) -> None:
     count = 20_000
     export = export_of(tmp_path / "staff.csv", count)
@@ -529,15 +528,16 @@ def test_progress_line_reads_plainly() -> None:
 
 
 def test_progress_is_a_bar_on_a_terminal(
-    quiet_server: LiveServer, partner: Partner, tmp_path: Path
+    quiet_server: ServerProcess, partner: Partner, tmp_path: Path
 ) -> None:
     export = export_of(tmp_path / "staff.csv", 50)
     leader, follower = os.openpty()
+    argv = [
+        FAMPROV, "provision-csv", str(export), "--url", quiet_server.url,
+        "--partner", "acme", "--salt", partner.salt,
+    ]  # fmt: skip
     child = subprocess.run(
-        [
-            FAMPROV, "provision-csv", str(export), "--url", quiet_server.url,
-            "--partner", "acme", "--salt", partner.salt,
-        ],  # fmt: skip
+        argv,
         stdout=subprocess.PIPE,
         stderr=follower,
         timeout=60,
