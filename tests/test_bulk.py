@@ -551,3 +551,36 @@ def test_progress_is_a_bar_on_a_terminal(
     assert "granting" in shown
     assert "50/50" in shown
     assert "provision-csv: " not in shown
+
+
+def test_a_grant_is_kept_when_its_id_is_reused_for_someone_else(
+    server: LiveServer, partner: Partner, engine: Engine, tmp_path: Path
+) -> None:
+    header = "Employee ID,First Name,Email\n"
+    export = write(tmp_path / "staff.csv", header + "E-1,Ann,ann@example.com\n")
+    assert provision_csv(server, partner, str(export)).exit_code == 0
+    [granted] = read_results(tmp_path / "staff.results.csv")
+
+    export.write_text(header + "E-1,Cara,cara@example.com\n")
+    result = provision_csv(server, partner, str(export))
+
+    assert result.exit_code == 1
+    refused, kept = read_results(tmp_path / "staff.results.csv")
+    assert (refused["email"], refused["status"]) == ("cara@example.com", "refused")
+    assert kept == granted
+
+
+def test_two_runs_never_share_a_results_file(
+    server: LiveServer, partner: Partner, engine: Engine, tmp_path: Path
+) -> None:
+    export = write(tmp_path / "staff.csv", HEADER + "Ann,Lee,ann@example.com\n")
+    out = tmp_path / "staff.results.csv"
+    holder = results.ResultsLog(out)
+    try:
+        result = provision_csv(server, partner, str(export))
+    finally:
+        holder.close()
+
+    assert result.exit_code == 2
+    assert f"{out} is in use by another provision-csv run" in result.stderr
+    assert rows(engine, licenses) == []

@@ -585,7 +585,6 @@ def provision_csv(
             encoding=encoding,
             delimiter="\t" if delimiter == "tab" else delimiter,
         )
-        plan = sending.Plan.make(checked, out)
     except reading.ImportFileError as exc:
         fail(f"{file}: {exc.message}", 2)
     for problem in checked.problems[:SHOWN_PROBLEMS]:
@@ -598,6 +597,10 @@ def provision_csv(
         click.echo(f"famprov: ... and {more} more invalid row(s)", err=True)
     if checked.problems and strict:
         fail(f"{len(checked.problems)} invalid row(s) and --strict: nothing sent", 2)
+    try:
+        plan = sending.Plan.make(checked, out)
+    except reading.ImportFileError as exc:
+        fail(exc.message, 2)
 
     def connect() -> client.AsyncClient:
         return client.AsyncClient(

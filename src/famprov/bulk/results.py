@@ -10,6 +10,7 @@ rewritten in the input's order, one line per row, and swapped in atomically.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 from collections.abc import Iterable
@@ -56,16 +57,19 @@ class Result:
 
     def is_done_for(self, email_key: str) -> bool:
         """True when this result already grants the person ``email_key``."""
-        if self.status not in DONE:
-            return False
-        try:
-            return fields.normalise_email(self.email)[1] == email_key
-        except InvalidFieldError:
-            return False
+        return self.status in DONE and email_key_of(self.email) == email_key
 
     def __repr__(self) -> str:
         # The vault URL lets its holder claim the license.
         return f"Result(line={self.line}, status={self.status!r})"
+
+
+def email_key_of(email: str) -> str:
+    """The key the server compares emails by; the email itself if invalid."""
+    try:
+        return fields.normalise_email(email)[1]
+    except InvalidFieldError:
+        return email
 
 
 def _line(values: Iterable[str]) -> str:
@@ -115,6 +119,15 @@ class ResultsLog:
         fresh = not path.exists() or path.stat().st_size == 0
         # The vault URLs in it let their holders claim the licenses.
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            # Held until the file is rewritten: two runs appending to one
+            # results file would each rewrite it without the other's answers.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ImportFileError(
+                f"{path} is in use by another provision-csv run"
+            ) from None
         self._out: TextIO = open(fd, "a", encoding=ENCODING, newline="")  # noqa: SIM115
         if fresh:
             self._out.write(_line(COLUMNS))
@@ -127,11 +140,11 @@ class ResultsLog:
         self._out.flush()
 
     def close(self) -> None:
-        self._out.close()
+        if not self._out.closed:
+            self._out.close()
 
     def finish(self, ordered: Iterable[Result]) -> None:
         """Replace the log by one line per row, in the given order."""
-        self.close()
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding=ENCODING, newline="") as out:
@@ -141,3 +154,4 @@ class ResultsLog:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, self.path)
+        self.close()

@@ -195,14 +195,20 @@ class Plan:
     """A checked file set against an earlier run's results: what to send."""
 
     file: ImportFile
-    out: Path
+    log: ResultsLog
     to_send: list[Row]
     earlier: dict[str, Result]
     summary: Summary
 
     @classmethod
     def make(cls, file: ImportFile, out: Path) -> Plan:
-        earlier = results.read_results(out)
+        """Take the results file (locked until the run ends) and read it."""
+        log = ResultsLog(out)
+        try:
+            earlier = results.read_results(out)
+        except BaseException:
+            log.close()
+            raise
         summary = Summary(valid=len(file.rows))
         to_send = []
         for row in file.rows:
@@ -214,14 +220,24 @@ class Plan:
                 to_send.append(row)
         for problem in file.problems:
             summary.invalid[problem.reason] += 1
-        return cls(file, out, to_send, earlier, summary)
+        return cls(file, log, to_send, earlier, summary)
 
     def ordered(self, recorded: Iterable[Result]) -> list[Result]:
         """One result per row in the file's order: this run's answer, else
         the earlier run's; then earlier grants of rows no longer in the file,
         which must not be lost."""
         latest = dict(self.earlier)
+        kept: list[Result] = []
         for result in recorded:
+            before = latest.get(result.transaction_id)
+            if (
+                before is not None
+                and result.status not in results.DONE
+                and before.status in results.DONE
+                and not before.is_done_for(results.email_key_of(result.email))
+            ):
+                # The id was granted to another person before: keep that grant.
+                kept.append(before)
             latest[result.transaction_id] = result
         lines: list[Result] = []
         for row in self.file.rows:
@@ -231,7 +247,7 @@ class Plan:
         lines.extend(_invalid(problem) for problem in self.file.problems)
         lines.sort(key=lambda result: result.line)
         lines.extend(r for r in latest.values() if r.status in results.DONE)
-        return lines
+        return lines + kept
 
 
 def _at_line(result: Result, line: int) -> Result:
@@ -261,7 +277,7 @@ async def execute(
     The first SIGINT (Ctrl-C) or SIGTERM stops sending and waits for the
     requests in flight; a second SIGINT abandons them.
     """
-    log = ResultsLog(plan.out)
+    log = plan.log
     importer = Importer(connect, log, plan.summary)
     loop = asyncio.get_running_loop()
 
