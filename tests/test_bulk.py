@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -15,7 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from famprov.bulk import progress, reading, results
+from famprov import client
+from famprov.bulk import progress, reading, results, sending
 from famprov.cli import main
 from famprov.store.schema import licenses, outbox
 from support import (
@@ -584,3 +586,27 @@ def test_two_runs_never_share_a_results_file(
     assert result.exit_code == 2
     assert f"{out} is in use by another provision-csv run" in result.stderr
     assert rows(engine, licenses) == []
+
+
+def test_a_results_file_that_cannot_be_written_stops_every_worker() -> None:
+    class FullDisk:
+        def append(self, result: results.Result) -> None:
+            raise OSError(28, "No space left on device")
+
+    class Instant:
+        async def grant(self, **fields: str | None) -> client.Grant:
+            return client.Grant("12345678-1234", "http://famprov.test/invite/x")
+
+        async def aclose(self) -> None:
+            pass
+
+    importer = sending.Importer(Instant, FullDisk(), sending.Summary())  # type: ignore[arg-type]
+    people = [
+        reading.Row(i, f"t{i}", "Ann", None, f"a{i}@example.com", f"a{i}@example.com")
+        for i in range(100)
+    ]
+
+    with pytest.raises(OSError, match="No space left"):
+        asyncio.run(importer.run(people, 4))
+    assert importer.summary.stopped == "error"
+    assert importer.summary.not_sent == 100

@@ -143,17 +143,29 @@ class Importer:
                 asyncio.create_task(self._work(client.grant, queue))
                 for client in clients
             ]
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            ends = await asyncio.gather(*self._workers, return_exceptions=True)
         finally:
             for client in clients:
                 await client.aclose()
         self.summary.not_sent += len(rows) - self.sent
+        # A worker cancelled by `abandon` ends with CancelledError, which is
+        # no Exception; anything else (the results file unwritable) is raised.
+        for end in ends:
+            if isinstance(end, Exception):
+                raise end
 
     # TODO: the importer reaches about a quarter of the server's grant rate on
     # two cores (target 0.8): httpx costs 700 µs or more of CPU a grant, 177
     # of them in its client layer. Meeting the target needs an HTTP engine
     # with a C parser (aiohttp spends 150 µs a request); see docs/bulk.md.
     async def _work(self, grant: Grant, queue: Iterator[Row]) -> None:
+        try:
+            await self._send(grant, queue)
+        except Exception:
+            self.stop("error")
+            raise
+
+    async def _send(self, grant: Grant, queue: Iterator[Row]) -> None:
         for row in queue:
             if self._stopping:
                 return
