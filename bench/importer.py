@@ -11,7 +11,6 @@ returns rows per second over the whole import. Run alone against a server::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import io
 import secrets
@@ -62,7 +61,7 @@ def measure(
         plan = sending.Plan.make(
             reading.read_file(export, partner), Path(folder) / "results.csv"
         )
-        asyncio.run(_send(plan, base_url, partner, salt, concurrency))
+        sending.run(_send(plan, base_url, partner, salt, concurrency))
         elapsed = time.perf_counter() - started
         if orders is not None:
             granted = results.read_results(Path(folder) / "results.csv").values()

@@ -612,7 +612,7 @@ def provision_csv(
             max_connections=1,
         )
 
-    asyncio.run(
+    sending.run(
         sending.execute(
             plan,
             connect,
