@@ -161,8 +161,8 @@ class Importer:
             if isinstance(end, Exception):
                 raise end
 
-    # TODO: the importer reaches about a quarter of the server's grant rate on
-    # two cores (target 0.8): httpx costs 700 µs or more of CPU a grant, 177
+    # TODO: the importer reaches about a third of the server's grant rate on
+    # two cores (target 0.8): httpx costs 600 µs or more of CPU a grant, 177
     # of them in its client layer. Meeting the target needs an HTTP engine
     # with a C parser (aiohttp spends 150 µs a request); see docs/bulk.md.
     async def _work(self, grant: Grant, queue: Iterator[Row]) -> None:
