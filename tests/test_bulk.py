@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from famprov import client
 from famprov.bulk import progress, reading, results, sending
 from famprov.cli import main
+from famprov.licenses import fields
 from famprov.store.schema import licenses, outbox
 from support import (
     FAMPROV,
@@ -615,3 +619,40 @@ def test_a_results_file_that_cannot_be_written_stops_every_worker() -> None:
         asyncio.run(importer.run(people, 4))
     assert importer.summary.stopped == "error"
     assert importer.summary.not_sent == 100
+
+
+_cells = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=120
+) | st.sampled_from(["Ann", " Ann\u00a0", "J\ufffdrgen", "ann@example.com", ""])
+_emails = st.one_of(
+    st.emails(),
+    st.text(max_size=40),
+    st.emails().map(lambda e: f"\u00a0{e.upper()} "),
+)
+
+
+@given(first=_cells, last=_cells, email=_emails, given_id=_cells)
+@hyp_settings(max_examples=400, deadline=None)
+def test_a_row_the_importer_accepts_is_one_the_server_accepts(
+    first: str, last: str, email: str, given_id: str
+) -> None:
+    checker = reading._RowChecker("acme", {"first_name": 0, "last_name": 1, "email": 2})
+    with_ids = reading._RowChecker(
+        "acme", {"first_name": 0, "last_name": 1, "email": 2, "transaction_id": 3}
+    )
+    for check in (checker, with_ids):
+        row = check.check(2, [first, last, email, given_id])
+        if not isinstance(row, reading.Row):
+            continue
+        params = {
+            "transaction_id": row.transaction_id,
+            "first_name": row.first_name,
+            "email": row.email,
+            "hash": "0" * 64,
+            "partner_name": "acme",
+        }
+        if row.last_name is not None:
+            params["last_name"] = row.last_name
+        # The server's own steps 1 and 3, on what the importer would send.
+        person = fields.validate(fields.require(params), row.email)
+        assert person.email_key == row.email_key
