@@ -621,31 +621,9 @@ def provision_csv(
             progress_every=progress_every,
         )
     )
-    print_summary(plan, out)
+    click.echo("\n".join(plan.summary.lines(out)))
     summary = plan.summary
     if summary.stopped == "interrupted":
         sys.exit(130)
     if not summary.complete:
         sys.exit(1)
-
-
-def print_summary(plan: sending.Plan, out: Path) -> None:
-    summary = plan.summary
-    earlier = f" ({summary.skipped:,} by an earlier run)" if summary.skipped else ""
-    lines = [
-        f"rows:            {summary.valid + sum(summary.invalid.values()):,}",
-        f"granted:         {summary.granted:,}",
-        f"already granted: {summary.already_granted:,}{earlier}",
-        f"refused:         {summary.refused.total():,}",
-        *(f"  {n:,}  {reason}" for reason, n in summary.refused.most_common()),
-        f"failed:          {summary.failed.total():,}",
-        *(f"  {n:,}  {reason}" for reason, n in summary.failed.most_common()),
-        f"invalid:         {summary.invalid.total():,}",
-        *(f"  {n:,}  {reason}" for reason, n in summary.invalid.most_common()),
-    ]
-    if summary.not_sent:
-        lines.append(f"not sent:        {summary.not_sent:,}")
-    if summary.stopped:
-        lines.append(f"stopped: {summary.stopped}; run again to send the rest")
-    lines.append(f"results:         {out}")
-    click.echo("\n".join(lines))

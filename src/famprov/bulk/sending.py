@@ -66,6 +66,28 @@ class Summary:
         """Every valid row is granted, now or before."""
         return self.granted + self.already_granted == self.valid
 
+    def lines(self, out: Path) -> list[str]:
+        """The summary printed when a run ends."""
+        earlier = f" ({self.skipped:,} by an earlier run)" if self.skipped else ""
+        lines = [
+            f"rows:            {self.valid + self.invalid.total():,}",
+            f"granted:         {self.granted:,}",
+            f"already granted: {self.already_granted:,}{earlier}",
+        ]
+        for label, groups in (
+            ("refused", self.refused),
+            ("failed", self.failed),
+            ("invalid", self.invalid),
+        ):
+            lines.append(f"{label + ':':<17}{groups.total():,}")
+            lines += [f"  {n:,}  {reason}" for reason, n in groups.most_common()]
+        if self.not_sent:
+            lines.append(f"not sent:        {self.not_sent:,}")
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}; run again to send the rest")
+        lines.append(f"results:         {out}")
+        return lines
+
 
 def classify(row: Row, answer: api.Grant | Exception) -> tuple[Result, str, bool]:
     """The row's result, its group's reason, and whether the run must stop."""
