@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from famprov import __version__, client, logs
 from famprov.api import openapi as definition
 from famprov.api import postman
+from famprov.bulk import reading, sending
 from famprov.clock import SystemClock
 from famprov.config import Settings
 from famprov.errors import FamprovError
@@ -603,3 +604,138 @@ def provision(
         return
     click.echo(f"order number: {grant.order_number}")
     click.echo(f"vault URL:    {grant.vault_url}")
+
+
+SHOWN_PROBLEMS = 50
+
+
+@main.command("provision-csv")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--url", required=True, help="The famprov server, e.g. http://127.0.0.1:8080."
+)
+@click.option("--partner", "partner_name", required=True, help="Your partner name.")
+@click.option("--salt", help="Your salt (visible to other users of this machine).")
+@click.option(
+    "--salt-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read your salt from a file; its trailing newline is dropped.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The results file [default: FILE's name with .results.csv].",
+)
+@click.option(
+    "--concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Requests in flight at once.",
+)
+@click.option("--strict", is_flag=True, help="Send nothing if any row is invalid.")
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="The file's encoding, e.g. cp1252 for Excel's legacy exports.",
+)
+@click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    help="The cell delimiter [default: detected from the header].",
+)
+@click.option(
+    "--retries",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries of a row after a timeout, a failed connection or a 5xx answer.",
+)
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1))
+@click.option(
+    "--progress-every",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between progress lines when stderr is not a terminal.",
+)
+def provision_csv(
+    file: Path,
+    url: str,
+    partner_name: str,
+    salt: str | None,
+    salt_file: Any,
+    out: Path | None,
+    concurrency: int,
+    strict: bool,
+    encoding: str,
+    delimiter: str | None,
+    retries: int,
+    timeout: float,
+    progress_every: float,
+) -> None:
+    """Grant a family plan to every person in a CSV file, as a partner.
+
+    The whole file is checked before anything is sent. Each answer is written
+    to the results file as it arrives; running the command again with the
+    same results file sends only the rows not granted yet.
+    """
+    if (salt is None) == (salt_file is None):
+        fail("give exactly one of --salt and --salt-file", 2)
+    secret = salt if salt is not None else read_salt(salt_file)
+    if not secret:
+        fail("the salt is empty", 2)
+    out = out or file.with_name(f"{file.stem}.results.csv")
+    if out.resolve() == file.resolve():
+        fail("--out must not be the file being imported", 2)
+
+    try:
+        checked = reading.read_file(
+            file,
+            partner_name,
+            encoding=encoding,
+            delimiter="\t" if delimiter == "tab" else delimiter,
+        )
+    except reading.ImportFileError as exc:
+        fail(f"{file}: {exc.message}", 2)
+    for problem in checked.problems[:SHOWN_PROBLEMS]:
+        click.echo(
+            f"famprov: {file} line {problem.line}: {problem.describe()} (skipped)",
+            err=True,
+        )
+    if len(checked.problems) > SHOWN_PROBLEMS:
+        more = len(checked.problems) - SHOWN_PROBLEMS
+        click.echo(f"famprov: ... and {more} more invalid row(s)", err=True)
+    if checked.problems and strict:
+        fail(f"{len(checked.problems)} invalid row(s) and --strict: nothing sent", 2)
+    try:
+        plan = sending.Plan.make(checked, out)
+    except reading.ImportFileError as exc:
+        fail(exc.message, 2)
+
+    def connect() -> client.AsyncClient:
+        return client.AsyncClient(
+            url,
+            partner=partner_name,
+            salt=secret,
+            retries=retries,
+            timeout=timeout,
+            max_connections=1,
+        )
+
+    sending.run(
+        sending.execute(
+            plan,
+            connect,
+            concurrency,
+            progress_out=sys.stderr,
+            progress_every=progress_every,
+        )
+    )
+    click.echo("\n".join(plan.summary.lines(out)))
+    summary = plan.summary
+    if summary.stopped == "interrupted":
+        sys.exit(130)
+    if not summary.complete:
+        sys.exit(1)

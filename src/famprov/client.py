@@ -17,13 +17,16 @@ typed `ApiError` carrying the server's message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -102,7 +105,10 @@ _ERRORS: dict[int, type[ApiError]] = {
 class _Policy:
     """What one call sends and how it is retried; shared by both clients."""
 
-    def __init__(self, partner: str, salt: str, retries: int, backoff: float) -> None:
+    def __init__(
+        self, base_url: str, partner: str, salt: str, retries: int, backoff: float
+    ) -> None:
+        self.endpoint = f"{_base_url(base_url)}{PATH}"
         self.partner = partner
         self.salt = Secret(salt)
         self.retries = retries
@@ -121,6 +127,15 @@ class _Policy:
         if last_name:
             params["last_name"] = last_name
         return params
+
+    def url(
+        self, transaction_id: str, first_name: str, email: str, last_name: str | None
+    ) -> str:
+        """The whole URL, encoded here: given a base URL and parameters, httpx
+        parses the URL three times over, a third of a grant's cost in the
+        client (measured)."""
+        params = self.params(transaction_id, first_name, email, last_name)
+        return f"{self.endpoint}?{urlencode(params, safe='', quote_via=quote)}"
 
     def delays(self) -> Iterator[float]:
         for attempt in range(self.retries):
@@ -157,6 +172,13 @@ class _Policy:
         raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message)
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every client: building one reads the system's CA
+    bundle, about 30 ms, which the importer's workers would each pay."""
+    return httpx.create_ssl_context()
+
+
 def _base_url(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url.rstrip("/"))
@@ -164,7 +186,7 @@ def _base_url(url: str) -> httpx.URL:
         raise ClientError(f"invalid server URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ClientError("server URL must be http:// or https:// with a host")
-    return parsed
+    return parsed.copy_with(path=parsed.path.rstrip("/"))
 
 
 class Client:
@@ -181,9 +203,11 @@ class Client:
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._policy = _Policy(partner, salt, retries, backoff)
+        self._policy = _Policy(base_url, partner, salt, retries, backoff)
         self._http = httpx.Client(
-            base_url=_base_url(base_url), timeout=timeout, transport=transport
+            timeout=timeout,
+            transport=transport,
+            verify=_tls(),
         )
 
     def grant(
@@ -194,11 +218,11 @@ class Client:
         email: str,
         last_name: str | None = None,
     ) -> Grant:
-        params = self._policy.params(transaction_id, first_name, email, last_name)
+        url = self._policy.url(transaction_id, first_name, email, last_name)
         delays = self._policy.delays()
         while True:
             try:
-                step = self._policy.settle(self._http.get(PATH, params=params), delays)
+                step = self._policy.settle(self._http.get(url), delays)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 step = self._policy.settle(exc, delays)
             if isinstance(step, Grant):
@@ -235,11 +259,11 @@ class AsyncClient:
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._policy = _Policy(partner, salt, retries, backoff)
+        self._policy = _Policy(base_url, partner, salt, retries, backoff)
         self._http = httpx.AsyncClient(
-            base_url=_base_url(base_url),
             timeout=timeout,
             transport=transport,
+            verify=_tls(),
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
@@ -254,11 +278,11 @@ class AsyncClient:
         email: str,
         last_name: str | None = None,
     ) -> Grant:
-        params = self._policy.params(transaction_id, first_name, email, last_name)
+        url = self._policy.url(transaction_id, first_name, email, last_name)
         delays = self._policy.delays()
         while True:
             try:
-                response = await self._http.get(PATH, params=params)
+                response = await self._http.get(url)
                 step = self._policy.settle(response, delays)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 step = self._policy.settle(exc, delays)
