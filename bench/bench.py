@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import importer  # bench/importer.py: famprov provision-csv's work, timed
 from sqlalchemy import create_engine, func, select, text
 
 from famprov.partners.hashing import compute_hash
@@ -47,6 +48,7 @@ TARGETS = {"sqlite": 0.40, "postgresql": 0.25}
 P99_TARGET_MS = {"sqlite": 25.0}
 RSS_TARGET_MB = 150.0
 RSS_GROWTH_TARGET = 0.10
+IMPORTER_TARGET = 0.80
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Run:
     rss_mb: float = 0.0
     rss_short_mb: float = 0.0
     checks: list[str] = field(default_factory=list)
+    importer_rate: float = 0.0
 
 
 def free_port() -> int:
@@ -169,6 +172,7 @@ def famprov_run(
     warmup: float,
     seconds: float,
     long_seconds: float,
+    importer_rows: int = 0,
 ) -> Run:
     env = {
         **os.environ,
@@ -213,6 +217,13 @@ def famprov_run(
             if phase == "warm" and label == "postgresql":
                 analyze(env["FAMPROV_DATABASE_URL"])
         run.rss_mb = rss_mb(proc.pid)
+        if label == "sqlite" and importer_rows:
+            # The partner's importer against the same server: its rows/s as
+            # a share of the grants/s wrk drew from it.
+            orders.append(work / f"{label}-importer.orders")
+            run.importer_rate = importer.measure(
+                url, "bench", SALT, rows=importer_rows, orders=orders[-1]
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -344,6 +355,15 @@ def report(ref: Run, runs: list[Run]) -> bool:
             verdicts.append(
                 (f"p99 {run.p99_ms:.1f} ms <= {limit:.0f} ms", run.p99_ms <= limit)
             )
+        if run.importer_rate:
+            share = run.importer_rate / run.rate
+            verdicts.append(
+                (
+                    f"importer {run.importer_rate:.0f} rows/s = {share:.2f} of "
+                    f"famprov's grants/s >= {IMPORTER_TARGET:.2f}",
+                    share >= IMPORTER_TARGET,
+                )
+            )
         store_ok = len(run.checks) == 1
         verdicts.append((f"store: {run.checks[0]}", store_ok))
         verdicts += [(problem, False) for problem in run.checks[1:]]
@@ -363,6 +383,8 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get(
         "FAMPROV_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument("--importer-rows", type=int, default=importer.ROWS,
+                        help="rows of the importer run (0: none)")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (make bench installs it)")
@@ -380,7 +402,13 @@ def main() -> None:
             }
             runs.append(
                 famprov_run(
-                    "sqlite", env, work, args.warmup, args.seconds, args.long_seconds
+                    "sqlite",
+                    env,
+                    work,
+                    args.warmup,
+                    args.seconds,
+                    args.long_seconds,
+                    importer_rows=args.importer_rows,
                 )
             )
         if args.only in (None, "postgresql"):
