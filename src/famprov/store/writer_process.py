@@ -12,6 +12,7 @@ its neighbours. It leaves when its socket closes.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pickle
 import signal
@@ -52,6 +53,8 @@ def main() -> None:
     writer = _Writer(engine, apply)
     checkpointer = Checkpointer(engine)
     checkpointer.start()
+    # What is loaded by now stays to the end: out of the collector's passes.
+    gc.freeze()
     channel.sendall(frame(("ready", None)))
     try:
         while (message := _read(channel)) is not None:
