@@ -13,7 +13,7 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -545,17 +545,34 @@ def openapi(as_json: bool, postman_file: str | None, base_url: str) -> None:
     click.echo(f"wrote the Postman collection to {postman_file}")
 
 
+def partner_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every partner command takes: the server, the partner name
+    and its salt."""
+    options = [
+        click.option(
+            "--url",
+            required=True,
+            help="The famprov server, e.g. http://127.0.0.1:8080.",
+        ),
+        click.option(
+            "--partner", "partner_name", required=True, help="Your partner name."
+        ),
+        click.option(
+            "--salt", help="Your salt (visible to other users of this machine)."
+        ),
+        click.option(
+            "--salt-file",
+            type=click.File("r", encoding="utf-8"),
+            help="Read your salt from a file; its trailing newline is dropped.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option(
-    "--url", required=True, help="The famprov server, e.g. http://127.0.0.1:8080."
-)
-@click.option("--partner", "partner_name", required=True, help="Your partner name.")
-@click.option("--salt", help="Your salt (visible to other users of this machine).")
-@click.option(
-    "--salt-file",
-    type=click.File("r", encoding="utf-8"),
-    help="Read your salt from a file; its trailing newline is dropped.",
-)
+@partner_options
 @click.option("--transaction-id", required=True, help="Your reference for this grant.")
 @click.option("--first-name", required=True)
 @click.option("--last-name")
@@ -611,16 +628,7 @@ SHOWN_PROBLEMS = 50
 
 @main.command("provision-csv")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--url", required=True, help="The famprov server, e.g. http://127.0.0.1:8080."
-)
-@click.option("--partner", "partner_name", required=True, help="Your partner name.")
-@click.option("--salt", help="Your salt (visible to other users of this machine).")
-@click.option(
-    "--salt-file",
-    type=click.File("r", encoding="utf-8"),
-    help="Read your salt from a file; its trailing newline is dropped.",
-)
+@partner_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
