@@ -29,8 +29,9 @@ class AnyOf:
 
 
 def json_list(values: Sequence[Any]) -> str:
-    """A JSON array for SQLite's ``json_each``: one value for many rows."""
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    """A JSON array, one value for many rows (times as their text, which
+    PostgreSQL reads back as timestamps)."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 class RawSQL:
