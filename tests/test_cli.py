@@ -295,3 +295,19 @@ def test_several_writers_are_refused_on_sqlite(env: dict[str, str]) -> None:
         "famprov: error: setting FAMPROV_WRITERS Value error, "
         "above 1 needs PostgreSQL: SQLite takes one writer\n"
     )
+
+
+@only("sqlite")
+def test_serving_on_every_address_needs_a_public_url(env: dict[str, str]) -> None:
+    own = {k: v for k, v in env.items() if k != "FAMPROV_PUBLIC_URL"}
+    environment = {k: v for k, v in os.environ.items() if k != "FAMPROV_PUBLIC_URL"}
+    result = subprocess.run(
+        [FAMPROV, "serve", "--host", "0.0.0.0", "--port", "1"],  # noqa: S104 - refused
+        env={**environment, **own},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--host 0.0.0.0 listens on every address" in result.stderr
+    assert "set FAMPROV_PUBLIC_URL" in result.stderr

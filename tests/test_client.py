@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from famprov.api.app import create_app
 from famprov.client import (
+    ApiError,
     AsyncClient,
     Client,
     Conflict,
@@ -25,7 +26,7 @@ from famprov.client import (
 from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.store.schema import licenses
-from support import Partner, rows
+from support import SALT, Partner, rows
 
 
 def test_grant_encodes_every_value(server, partner: Partner, engine: Engine) -> None:
@@ -171,3 +172,23 @@ def test_http_client_logs_hold_no_query(
     assert "create-license?[secure]" in logged
     assert "ann" not in logged
     assert partner.hash("ann@example.com") not in logged
+
+
+def test_a_missing_value_is_a_clear_error_before_any_request() -> None:
+    with (
+        Client("http://127.0.0.1:9", partner="acme", salt=SALT) as client,
+        pytest.raises(TypeError, match="email must be a string, not NoneType"),
+    ):
+        client.grant(transaction_id="x", first_name="A", email=None)  # type: ignore[arg-type]
+
+
+def test_a_wrong_base_url_says_so(server, partner: Partner) -> None:
+    with (
+        Client(server.url + "/api", partner=partner.name, salt=partner.salt) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.grant(transaction_id="x", first_name="A", email="a@example.com")
+    assert raised.value.status == 404
+    assert "no famprov partner API at" in raised.value.message
+    assert "/api/bi_api/v1/services/partner/create-license " in raised.value.message
+    assert "a@example.com" not in raised.value.message

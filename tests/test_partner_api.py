@@ -381,6 +381,7 @@ def test_metrics_count_grants_and_invitations(
     http.get(V1_PATH, params=partner.params())
     http.get(V1_PATH, params=partner.params(hash="0" * 64))
     http.get("/random-scan-path")
+    http.get("/invite/no-such-token")
     wait_for(lambda: rows(engine, outbox)[0].status == "sent")
     response = http.get("/metrics")
 
@@ -394,6 +395,10 @@ def test_metrics_count_grants_and_invitations(
     assert 'famprov_invitations{state="sent"} 1.0' in text
     assert 'famprov_licenses{status="invited"} 1.0' in text
     assert "random-scan-path" not in text
+    assert (
+        'famprov_http_requests_total{route="/invite/{token}",status="404"} 1.0' in text
+    )
+    assert "no-such-token" not in text
     # Both grants were written, each in a commit of its own (the replay too:
     # it is read in the writer's transaction).
     assert "famprov_writer_batch_grants_count 2.0" in text

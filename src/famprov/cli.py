@@ -132,9 +132,18 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
     settings, engine = store()
     if "FAMPROV_PUBLIC_URL" not in os.environ:
         require_public_url(settings)
+        if host in WILDCARD_HOSTS:
+            # Invitations would carry links to "every interface", which no
+            # one can open.
+            fail(
+                f"--host {host} listens on every address, and vault URLs need "
+                "the one people open: set FAMPROV_PUBLIC_URL (for example "
+                f"http://famprov.example.com:{port})",
+                2,
+            )
         # On one machine, vault URLs point at this server unless the operator
         # says otherwise; the serving processes read it from the environment.
-        os.environ["FAMPROV_PUBLIC_URL"] = f"http://{host}:{port}"
+        os.environ["FAMPROV_PUBLIC_URL"] = f"http://{url_host(host)}:{port}"
         settings = load_settings()
     logs.configure(settings.log_format, settings.log_level)
     if workers > 1 and settings.is_embedded:
@@ -224,6 +233,14 @@ def db_check() -> None:
             click.echo(f"  {diff}", err=True)
         fail(f"the database differs from the models in {len(diffs)} place(s)")
     click.echo(f"database at {migrate.head()}, matching the models")
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - to refuse them
+
+
+def url_host(host: str) -> str:
+    """The host as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def require_public_url(settings: Settings) -> None:

@@ -117,6 +117,17 @@ class _Policy:
     def params(
         self, transaction_id: str, first_name: str, email: str, last_name: str | None
     ) -> dict[str, str]:
+        for name, value in (
+            ("transaction_id", transaction_id),
+            ("first_name", first_name),
+            ("email", email),
+        ):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+        if last_name is not None and not isinstance(last_name, str):
+            raise TypeError(
+                f"last_name must be a string or None, not {type(last_name).__name__}"
+            )
         params = {
             "transaction_id": transaction_id,
             "first_name": first_name,
@@ -169,6 +180,14 @@ class _Policy:
         if response.status_code == 200 and body.get("success") is True:
             return Grant(str(body["order_number"]), str(body["vault_url"]))
         message = str(body.get("message") or response.reason_phrase)
+        if response.status_code == 404:
+            # Every famprov answers the partner path: a 404 means the URL
+            # names something else.
+            where = response.url.copy_with(query=None)
+            message = (
+                f"{message}: no famprov partner API at {where} "
+                "(is the base URL the famprov server's?)"
+            )
         raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message)
 
 

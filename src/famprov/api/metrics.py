@@ -79,6 +79,8 @@ class StoreCollector(Collector):
         yield stored
 
 
+INVITATION_PREFIX = "/invite/"
+INVITATION_ROUTE = "/invite/{token}"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _BOUNDS = [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
 
@@ -101,7 +103,12 @@ class RequestCollector(Collector):
     def observe(
         self, path: str, status: int, seconds: float, outcome: str | None
     ) -> None:
-        route = path if path in ROUTES else "other"
+        if path in ROUTES:
+            route = path
+        elif path.startswith(INVITATION_PREFIX):
+            route = INVITATION_ROUTE  # never the token itself
+        else:
+            route = "other"
         self.requests[(route, status)] += 1
         if outcome is not None and route in partner_v1.PATHS:
             self.grants[outcome] += 1
