@@ -656,3 +656,26 @@ def test_a_row_the_importer_accepts_is_one_the_server_accepts(
         # The server's own steps 1 and 3, on what the importer would send.
         person = fields.validate(fields.require(params), row.email)
         assert person.email_key == row.email_key
+
+
+def test_an_invalid_row_repeating_a_granted_id_does_not_resend_it(
+    server: LiveServer, partner: Partner, engine: Engine, tmp_path: Path
+) -> None:
+    """Found by a trial run: the invalid row's result, recorded under the
+    same transaction id, hid the grant, and every rerun sent Bob again."""
+    export = write(
+        tmp_path / "staff.csv",
+        "Employee ID;First Name;Email\n"
+        "E1;Ann;ann@example.com\n"
+        "E2;Bob;bob@example.com\n"
+        "E2;Eve;eve@example.com\n",
+    )
+    first = provision_csv(server, partner, str(export))
+    assert "granted:         2\n" in first.stdout, first.output
+
+    again = provision_csv(server, partner, str(export))
+
+    assert "granted:         0\n" in again.stdout, again.output
+    assert "already granted: 2 (2 by an earlier run)" in again.stdout
+    assert "rows sent" not in again.stderr
+    assert len(stored(engine)) == 2

@@ -83,8 +83,9 @@ def _values(result: Result) -> list[str]:
 
 
 def read_results(path: Path) -> dict[str, Result]:
-    """The last result recorded for each transaction id; empty when the file
-    does not exist yet."""
+    """The last result recorded for each transaction id, a grant before
+    anything else (an invalid row that repeats a granted row's id must not
+    hide that grant); empty when the file does not exist yet."""
     try:
         text = path.read_bytes().decode(ENCODING)
     except FileNotFoundError:
@@ -106,7 +107,10 @@ def read_results(path: Path) -> dict[str, Result]:
         if len(values) != len(COLUMNS) or not values[0].isdigit():
             raise ImportFileError(f"{path} line {reader.line_num} is damaged")
         result = Result(int(values[0]), *values[1:])
-        if result.transaction_id:
+        if not result.transaction_id:
+            continue
+        kept = found.get(result.transaction_id)
+        if kept is None or result.status in DONE or kept.status not in DONE:
             found[result.transaction_id] = result
     return found
 
