@@ -16,7 +16,7 @@ from famprov.errors import DuplicateParameterError, InvalidRequestError
 from famprov.licenses import fields
 from famprov.licenses.service import new_identities
 from famprov.licenses.terms import years_after
-from famprov.logs import Secret, redact_email
+from famprov.logs import Secret, redact_email, redact_emails
 from famprov.partners.hashing import compute_hash, verify_hash
 
 
@@ -55,6 +55,13 @@ def test_hash_verifies_for_any_text_and_only_for_it(email: str, salt: str) -> No
 def test_redact_email() -> None:
     assert redact_email("ann@example.com") == "a***@example.com"
     assert redact_email("no-at-sign") == "***"
+
+
+def test_a_mail_servers_reply_is_logged_with_its_addresses_redacted() -> None:
+    reply = "550 5.1.1 <ann.lee@example.com>: rejected; also zoë@bücher.example"
+    assert redact_emails(reply) == (
+        "550 5.1.1 <a***@example.com>: rejected; also z***@bücher.example"
+    )
 
 
 def test_secret_hides_itself() -> None:

@@ -7,6 +7,7 @@ never reach a log; emails only through `redact_email`.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
@@ -68,6 +69,16 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+# An address as a mail server's reply may quote it: enough to find and
+# redact, not to validate.
+_ADDRESS = re.compile(r"[^\s<>@,;:\"'()\[\]]+@[^\s<>@,;:\"'()\[\]]+")
+
+
+def redact_emails(text: str) -> str:
+    """``text`` with every address in it redacted, for a server's reply."""
+    return _ADDRESS.sub(lambda found: redact_email(found.group()), text)
 
 
 def redact_email(email: str) -> str:

@@ -33,7 +33,7 @@ from famprov.config import Settings
 from famprov.invitations import message, transports
 from famprov.invitations.transports import DeliveryError, Transport
 from famprov.licenses.service import REVOKED, vault_url
-from famprov.logs import log, redact_email
+from famprov.logs import log, redact_email, redact_emails
 from famprov.store import WRITE
 from famprov.store.schema import licenses, outbox, partners
 from famprov.templating import environment
@@ -252,6 +252,7 @@ class DeliveryWorker:
                 outbox_id=outbox_id,
                 attempts=attempts,
                 permanent=permanent,
+                reason=redact_emails(reason[:500]),
             )
             return
         due: datetime = now + backoff(attempts)
@@ -267,6 +268,7 @@ class DeliveryWorker:
             outbox_id=outbox_id,
             attempts=attempts,
             error=type(exc).__name__,
+            reason=redact_emails(reason[:500]),
         )
 
     def _update(self, outbox_id: int, claim: str, **values: Any) -> None:
