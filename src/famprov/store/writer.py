@@ -126,10 +126,7 @@ class BatchWriter(Generic[J, R]):
     async def stop(self) -> None:
         """Close the writers' sockets and wait for them to finish and leave."""
         self._closed = True
-        for _, future, _ in self._pending:
-            if not future.done():
-                future.set_exception(WriterClosedError("the writer is stopped"))
-        self._pending.clear()
+        self._fail_pending("the writer is stopped")
         children, self._children = self._children, []
         for child in children:
             child.close()
@@ -199,6 +196,12 @@ class BatchWriter(Generic[J, R]):
             log.error("writer_process_lost", exit=child.exit_code())
             self._background(self._restart())
 
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, []
+        for _, future, _ in pending:
+            if not future.done():
+                future.set_exception(WriterClosedError(why))
+
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -210,6 +213,10 @@ class BatchWriter(Generic[J, R]):
                 await self._spawn()
             except Exception as exc:
                 log.error("writer_process_start_failed", error=type(exc).__name__)
+                if not self._children:
+                    # Nobody can write them for now: answer rather than keep
+                    # the callers waiting (their clients retry).
+                    self._fail_pending("no writer process could be started")
                 await asyncio.sleep(RESTART_DELAY_SECONDS)
                 continue
             self._dispatch()

@@ -36,9 +36,11 @@ RETRIES = 3
 
 
 def main() -> None:
-    # Ctrl-C in a terminal reaches the whole process group; the serving
-    # process decides when this one stops, by closing its socket.
+    # Ctrl-C in a terminal, and a service manager's SIGTERM, reach the whole
+    # process group; the serving process decides when this one stops, by
+    # closing its socket once the requests in flight are answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = socket.socket(fileno=0)
     config = _read(channel)
     if config is None:
