@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from famprov.logs import log
 
 INTERVAL_SECONDS = 0.25
-RESTART_PAGES = 16_384  # 64 MiB of 4 KiB pages
+RESTART_PAGES = 4_096  # 16 MiB of 4 KiB pages
 # The writer's page cache: the unique indexes of order numbers and vault
 # tokens take random keys, so their pages are touched all over.
 WRITER_CACHE_KIB = 8_192
