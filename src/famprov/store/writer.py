@@ -68,11 +68,11 @@ def frame(message: Any) -> bytes:
     return len(payload).to_bytes(HEADER, "big") + payload
 
 
-# TODO: on two cores the rate of grants is set by this writer's cycle (about
-# 30 grants in about 4 ms, a third of it the commit's disk flush), about 0.29
-# of the HTTP stack's ceiling on SQLite where the target is 0.40, and 0.24 on
-# PostgreSQL against 0.25 (docs/performance.md); fewer index entries per
-# grant or a cheaper flush is where the rest is.
+# TODO: on SQLite the rate of grants is set by this writer's cycle (about 30
+# grants in about 4 ms on two cores, a third of it the commit's disk flush):
+# 0.29 to 0.34 of the HTTP stack's ceiling where the target is 0.40, with a
+# p99 above its 25 ms (docs/performance.md). Fewer index entries per grant or
+# a cheaper flush is where the rest is.
 class BatchWriter(Generic[J, R]):
     """Writes jobs in batches through ``processes`` writer processes.
 
