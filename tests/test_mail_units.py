@@ -75,6 +75,7 @@ def invitation(**fields: object) -> message.Invitation:
     values: dict[str, object] = {
         "to_email": "ann@example.com",
         "smtputf8": False,
+        "shown_email": "ann@example.com",
         "first_name": "Ann",
         "last_name": "Lee",
         "partner_name": "Acme",

@@ -293,6 +293,8 @@ def test_names_in_any_script_and_an_idn_domain_arrive_intact(
     assert message["Subject"] == "Зоя, your family plan is ready"
     assert message["To"].addresses[0].display_name == "Зоя 李"
     assert message.get_body(("plain",)).get_content().startswith("Hello Зоя,")
+    # The words show the address as the person knows it.
+    assert "(ann@bücher.example)" in message.get_body(("plain",)).get_content()
 
 
 def test_non_ascii_local_part_goes_with_smtputf8(

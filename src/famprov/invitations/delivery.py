@@ -205,6 +205,7 @@ class DeliveryWorker:
             message.Invitation(
                 to_email=checked.ascii_email or checked.normalized,
                 smtputf8=checked.ascii_email is None,
+                shown_email=checked.normalized,
                 first_name=row.first_name,
                 last_name=row.last_name,
                 partner_name=row.partner_name,

@@ -26,6 +26,10 @@ class Invitation:
 
     to_email: str
     smtputf8: bool
+    # The address as the person knows it (an internationalised domain in its
+    # own letters), for the words of the message; ``to_email`` is the one
+    # the mail goes to.
+    shown_email: str
     first_name: str
     last_name: str | None
     partner_name: str
@@ -52,7 +56,7 @@ def context(inv: Invitation) -> dict[str, object]:
         "partner_name": inv.partner_name,
         "products": [product_name(code) for code in inv.products],
         "expires": expiry_text(inv.expires_at),
-        "email": inv.to_email,
+        "email": inv.shown_email,
         "vault_url": inv.vault_url,
     }
 
