@@ -163,8 +163,8 @@ class Metrics:
         self._requests = RequestCollector()
         self.registry.register(self._requests)
         self.observe = self._requests.observe
-        # Written by the writer threads, once a commit: the library's own
-        # metric objects, which take a lock.
+        # Observed once a commit, not once a request: the library's own
+        # metric objects will do.
         self._batch_size = Histogram(
             "famprov_writer_batch_grants",
             "Grants written by one commit of the batching writer",
