@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from famprov.api import openapi
+from famprov.api import openapi, protocol
 from famprov.cli import main
 from famprov.errors import MissingFieldsError, PartnerAuthError
 from support import V1_PATH, LiveServer, Partner
@@ -146,7 +146,7 @@ def test_yaml_json_and_the_command_are_one_document(server: LiveServer) -> None:
 
 @pytest.mark.parametrize("path", OPERATIONS)
 def test_answers_beyond_the_generator_match_the_definition(
-    server: LiveServer, partner: Partner, path: str
+    server: LiveServer, partner: Partner, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = server.url + path
     valid = partner.params(transaction_id="beyond-1")
@@ -191,4 +191,10 @@ def test_answers_beyond_the_generator_match_the_definition(
     assert status == 431
     check_against_definition(path, status, body)
     assert b"content-type: application/json" in head
+    assert b"x-request-id" not in head
+    monkeypatch.setattr(protocol, "HEAD_SECONDS", 0.3)
+    slow_head = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+    status, head, body = raw_request(server, slow_head)
+    assert status == 408
+    check_against_definition(path, status, body)
     assert b"x-request-id" not in head

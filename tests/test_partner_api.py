@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.store.schema import licenses, outbox
-from support import V1_PATH, Partner, mail_files, rows, vendor_url, wait_for
+from support import V1_PATH, Partner, mail_files, only, rows, vendor_url, wait_for
 
 MISSING = {"success": False, "message": "Invalid request - Missing required fields"}
 UNAUTHORIZED = {"success": False, "message": "Invalid Hash Value - UnAuthorized"}
@@ -439,3 +439,37 @@ def test_invisible_characters_in_names_are_refused(
         assert response.status_code == 400, name
     joined = partner.params(first_name="\u0645\u200c\u0627")  # ZWNJ in Persian
     assert http.get(V1_PATH, params=joined).status_code == 200
+
+
+@only("sqlite")
+def test_a_head_that_does_not_arrive_in_time_is_dropped(
+    server, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow or silent connections cannot be held open for nothing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from famprov.api import protocol
+
+    monkeypatch.setattr(protocol, "HEAD_SECONDS", 0.5)
+    parts = urlsplit(server.url)
+    address = (parts.hostname, parts.port)
+    with (
+        socket.create_connection(address) as slow,
+        socket.create_connection(address) as silent,
+    ):
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        slow.settimeout(10)
+        silent.settimeout(10)
+        # Meanwhile a whole request is served as usual.
+        assert http.get("/healthz").status_code == 200
+        raw = b""
+        while chunk := slow.recv(4096):
+            raw += chunk
+        assert silent.recv(4096) == b""  # closed without a word
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body) == {
+        "success": False,
+        "message": "Request head not received in time",
+    }

@@ -38,6 +38,7 @@ HTTP_MESSAGES = {
     404: "Not found",
     403: "Forbidden",
     405: "Method not allowed",
+    408: "Request head not received in time",
     413: "Request too large",
     414: "Request URI too long",
     431: "Request header fields too large",
