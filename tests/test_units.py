@@ -18,6 +18,7 @@ from famprov.licenses.service import new_identities
 from famprov.licenses.terms import years_after
 from famprov.logs import Secret, redact_email, redact_emails
 from famprov.partners.hashing import compute_hash, verify_hash
+from famprov.partners.service import generate_salt
 
 
 @pytest.mark.parametrize(
@@ -169,3 +170,10 @@ def test_parse_query_reads_as_the_standard_library_does(raw: bytes) -> None:
             _stdlib_reading(raw)
         return
     assert ours == _stdlib_reading(raw)
+
+
+def test_generated_salts_never_look_like_an_option() -> None:
+    salts = [generate_salt() for _ in range(2000)]
+    assert all(salt[0].isalnum() for salt in salts)
+    assert len(set(salts)) == len(salts)
+    assert all(len(salt) == 43 for salt in salts)

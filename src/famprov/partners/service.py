@@ -44,8 +44,12 @@ class PartnerSummary:
 
 
 def generate_salt() -> str:
-    """A fresh salt of 256 random bits."""
-    return secrets.token_urlsafe(32)
+    """A fresh salt of 256 random bits, starting with a letter or digit so
+    that no command line mistakes it for an option."""
+    while True:
+        salt = secrets.token_urlsafe(32)
+        if salt[0].isalnum():
+            return salt
 
 
 def check_name(name: str) -> str:
