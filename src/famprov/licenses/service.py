@@ -7,9 +7,12 @@
 3. field syntax, lengths, characters                    400
 4. idempotency and conflicts (in the write)             409
 
-Step 4 runs inside the batching writer's transaction (`record`), where the
-license row and its invitation's outbox row are written together: if one is
-on disk, so is the other, and no caller hears 200 before the commit.
+Step 4 runs inside the batching writer's transaction (`record`, in the
+writer process: see `famprov.store.writer`), where the license row and its
+invitation's outbox row are written together: if one is on disk, so is the
+other, and no caller hears 200 before the commit. Jobs and outcomes cross to
+and from that process as the plain tuples of `encode_job` and
+`encode_outcome`.
 """
 
 from __future__ import annotations
