@@ -21,6 +21,9 @@ import aiosmtplib
 
 from famprov.config import Settings, SmtpServer
 
+# Rounds of 10 ms to wait for a closed connection's last words.
+CLOSE_WAIT_ROUNDS = 100
+
 
 class DeliveryError(Exception):
     """A delivery that failed; ``permanent`` when retrying cannot help.
@@ -213,10 +216,18 @@ class SmtpTransport:
         client, self._client = self._client, None
         if client is None or not client.is_connected:
             return
+        protocol = client.protocol
         try:
             await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
+        # Over TLS the goodbye goes on after QUIT's answer; a server shutting
+        # down must not close its event loop under it (the protocol lets go
+        # of its transport once the connection is really lost).
+        for _ in range(CLOSE_WAIT_ROUNDS):
+            if protocol is None or protocol.transport is None:
+                return
+            await asyncio.sleep(0.01)
 
 
 def _refused(exc: aiosmtplib.SMTPResponseException) -> DeliveryError:
