@@ -564,7 +564,7 @@ def openapi(as_json: bool, postman_file: str | None, base_url: str) -> None:
 
 def partner_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every partner command takes: the server, the partner name
-    and its salt."""
+    and its salt, and how hard to try."""
     options = [
         click.option(
             "--url",
@@ -582,6 +582,21 @@ def partner_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.File("r", encoding="utf-8"),
             help="Read your salt from a file; its trailing newline is dropped.",
         ),
+        click.option(
+            "--retries",
+            default=4,
+            show_default=True,
+            type=click.IntRange(0, 20),
+            help="Retries of a grant after a timeout, a failed connection or a "
+            "5xx answer.",
+        ),
+        click.option(
+            "--timeout",
+            default=10.0,
+            show_default=True,
+            type=click.FloatRange(0.1),
+            help="Seconds before a request times out.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -594,14 +609,6 @@ def partner_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--first-name", required=True)
 @click.option("--last-name")
 @click.option("--email", required=True)
-@click.option(
-    "--retries",
-    default=4,
-    show_default=True,
-    type=click.IntRange(0, 20),
-    help="Retries after a timeout, a failed connection or a 5xx answer.",
-)
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1))
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the server's answer as JSON."
 )
@@ -670,14 +677,6 @@ SHOWN_PROBLEMS = 50
     type=click.Choice([",", ";", "tab"]),
     help="The cell delimiter [default: detected from the header].",
 )
-@click.option(
-    "--retries",
-    default=4,
-    show_default=True,
-    type=click.IntRange(0, 20),
-    help="Retries of a row after a timeout, a failed connection or a 5xx answer.",
-)
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1))
 @click.option(
     "--progress-every",
     default=5.0,

@@ -101,9 +101,10 @@ class DeliveryWorker:
         )
 
     def wake(self) -> None:
-        """Ask for a delivery round now; safe from any thread."""
-        if self._loop is not None and not self._stopping:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """Ask for a delivery round now, from the worker's own event loop
+        (where the grants' commits are reported)."""
+        if not self._stopping:
+            self._wake.set()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

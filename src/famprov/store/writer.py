@@ -264,7 +264,8 @@ class _Child(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self._in_flight is None and self.ready.done()
+        # Only writers that answered ``ready`` are among the children.
+        return self._in_flight is None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are transports without being asyncio's class.
