@@ -27,6 +27,8 @@ from famprov.partners.hashing import compute_hash
 
 V1_PATH = "/bi_api/v1/services/partner/create-license"
 SALT = "s3cr3t-salt-for-tests-0123456789"
+# The operator's key where the tests give one (PostgreSQL always needs one).
+SECRET_KEY = "Mb6Q4CVXKyNfl9YDjiNyrQyI7NpVFKfikrFYcTnXnPQ"
 T = TypeVar("T")
 
 

@@ -4,6 +4,10 @@ The embedded SQLite store upgrades itself on first use. A PostgreSQL store is
 shared by many hosts, so famprov never changes it on its own: the operator
 runs ``famprov db upgrade``, and a server or command that finds the database
 behind its migrations refuses to start and says so.
+
+Migrations that change secrets at rest are handed the operator's keyring
+(``keyring`` below) through Alembic's config: ``env.py`` never reads
+settings of its own.
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 
 from famprov.errors import FamprovError
+from famprov.keys import Keyring
 from famprov.store.schema import metadata
+from famprov.store.sealed import check_keyring
 
 
 class StoreNotReadyError(FamprovError):
     """The database is missing famprov's tables, or is behind them."""
 
 
-def _config(connection: Connection | None = None) -> Config:
+def _config(
+    connection: Connection | None = None, keyring: Keyring | None = None
+) -> Config:
     config = Config()
     config.set_main_option("script_location", "famprov.store:migrations")
     config.attributes["connection"] = connection
+    config.attributes["keyring"] = keyring
     return config
 
 
@@ -51,12 +60,21 @@ def known(revision: str) -> bool:
         return False
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(
+    engine: Engine, revision: str = "head", *, keyring: Keyring | None = None
+) -> None:
+    """Migrate to ``revision``; ``keyring`` seals the secrets a migration
+    finds in plaintext (none is needed where there are none)."""
     found = current(engine)
     if found is not None and not known(found):
         raise _newer(found)
     with engine.begin() as conn:
-        command.upgrade(_config(conn), revision)
+        command.upgrade(_config(conn, keyring), revision)
+
+
+def downgrade(engine: Engine, revision: str, *, keyring: Keyring | None = None) -> None:
+    with engine.begin() as conn:
+        command.downgrade(_config(conn, keyring), revision)
 
 
 def _newer(found: str) -> StoreNotReadyError:
@@ -97,10 +115,12 @@ def require_current(engine: Engine) -> None:
         )
 
 
-def prepare(engine: Engine) -> None:
-    """Make the store usable: upgrade SQLite, require PostgreSQL be current."""
+def prepare(engine: Engine, keyring: Keyring) -> None:
+    """Make the store usable: upgrade SQLite, require PostgreSQL be current;
+    then check that ``keyring`` opens the secrets it holds."""
     if engine.dialect.name == "sqlite":
         if current(engine) != head():
-            upgrade(engine)
-        return
-    require_current(engine)
+            upgrade(engine, keyring=keyring)
+    else:
+        require_current(engine)
+    check_keyring(engine, keyring)
