@@ -79,7 +79,9 @@ def parse_keys(text: str, source: str = ENVIRONMENT) -> list[bytes]:
     for number, part in enumerate(parts, 1):
         which = f"key {number} of {source}" if len(parts) > 1 else source
         try:
-            key = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+            key = base64.b64decode(
+                part + "=" * (-len(part) % 4), altchars=b"-_", validate=True
+            )
         except (binascii.Error, ValueError):
             raise SecretKeyError(
                 f"{which} is not URL-safe base64: {HOW_TO_MAKE}"

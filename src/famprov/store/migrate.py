@@ -12,6 +12,8 @@ settings of its own.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from alembic import command
@@ -68,13 +70,75 @@ def upgrade(
     found = current(engine)
     if found is not None and not known(found):
         raise _newer(found)
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         command.upgrade(_config(conn, keyring), revision)
+    if found is not None and SEALING_REVISION in _applied(found, current(engine)):
+        scrub(engine)
+
+
+# The migration that sealed the plaintext salts and vault tokens: the values
+# it replaced stay in the database's files (free pages, the write-ahead log,
+# dead row versions) until the tables are rewritten.
+SEALING_REVISION = "0003"
+
+
+def _applied(before: str, after: str | None) -> set[str]:
+    if after is None or after == before:
+        return set()
+    script = ScriptDirectory.from_config(_config())
+    return {rev.revision for rev in script.iterate_revisions(after, before)}
+
+
+def scrub(engine: Engine) -> None:
+    """Rewrite the store's files so that no value a migration replaced stays
+    in them: VACUUM and an emptied write-ahead log on SQLite, ``VACUUM
+    FULL`` of the tables that held secrets on PostgreSQL."""
+    if engine.dialect.name == "sqlite":
+        # Outside any transaction, which VACUUM refuses.
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("VACUUM")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+        finally:
+            raw.close()
+        return
+    autocommit = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit as conn:
+        conn.exec_driver_sql("VACUUM FULL partners, licenses")
 
 
 def downgrade(engine: Engine, revision: str, *, keyring: Keyring | None = None) -> None:
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         command.downgrade(_config(conn, keyring), revision)
+
+
+@contextlib.contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection to migrate on.
+
+    SQLite changes a table by copying it and dropping the original, which
+    its foreign keys refuse while they are enforced: they are switched off
+    for the migration (which SQLite allows outside a transaction only), and
+    checked whole before they are switched on again.
+    """
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite and raw.execute("PRAGMA foreign_key_check").fetchall():
+                    raise StoreNotReadyError(
+                        "the migration left rows whose reference is missing"
+                    )
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def _newer(found: str) -> StoreNotReadyError:
