@@ -37,6 +37,7 @@ from support import (
     V1_PATH,
     LiveServer,
     Partner,
+    current_key,
     mail_files,
     only,
     wait_for,
@@ -286,15 +287,6 @@ def test_a_resent_invitation_after_key_rotation_carries_the_same_link(
         wait_for(lambda: len(mail_files(settings)) == 1)
     [mail] = mail_files(settings)
     assert token_of(answer) in mail.read_text().replace("=\n", "")
-
-
-def current_key(settings: Settings) -> str:
-    """The key the test's store is sealed with: given, or in its key file."""
-    if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value()
-    path = key_file(settings)
-    assert path is not None
-    return path.read_text().strip()
 
 
 def test_the_writer_process_gets_its_key_by_no_command_line_or_environment(
