@@ -211,10 +211,16 @@ def load_keyring(settings: Settings) -> Keyring:
             f"tokens sealed with the operator's key; {HOW_TO_MAKE} and give "
             "the same to every host sharing the database"
         )
-    path = key_file(settings)
-    if path is None:
+    database = settings.database.database
+    if not database or database == ":memory:":
         # An in-memory store lives as long as the process, and so may its key.
         return Keyring([os.urandom(KEY_BYTES)], "an in-memory key")
+    path = key_file(settings)
+    if path is None:
+        raise SecretKeyError(
+            f"set {ENVIRONMENT}: famprov makes a key file beside a SQLite "
+            f"file named by its path only, not by a file: URI; {HOW_TO_MAKE}"
+        )
     return read_key_file(path, create=True)
 
 
