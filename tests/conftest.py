@@ -21,10 +21,11 @@ from sqlalchemy import Engine, create_engine, text
 from famprov import logs
 from famprov.clock import FixedClock
 from famprov.config import Settings
+from famprov.keys import Keyring, load_keyring
 from famprov.partners.service import add_partner
 from famprov.store import open_engine
 from famprov.store.migrate import upgrade
-from support import SALT, LiveServer, Partner
+from support import SALT, SECRET_KEY, LiveServer, Partner
 
 pytest_plugins = ["browser"]
 
@@ -72,8 +73,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
+    # SQLite keeps its key in the key file it makes beside the store, as
+    # the embedded default does; PostgreSQL needs the key given.
+    embedded = database_url.startswith("sqlite")
     return Settings(
         database_url=database_url,
+        secret_key=None if embedded else SECRET_KEY,
         mail_url=f"file://{tmp_path}/mail",
         public_url="http://famprov.test",
         partner_cache_seconds=0,
@@ -94,6 +99,10 @@ def env(
         "FAMPROV_PARTNER_CACHE_SECONDS": "0",
         "FAMPROV_DELIVERY_POLL_SECONDS": "0.05",
     }
+    if settings.secret_key is not None:
+        values["FAMPROV_SECRET_KEY"] = settings.secret_key.get_secret_value()
+    else:
+        monkeypatch.delenv("FAMPROV_SECRET_KEY", raising=False)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return values
@@ -108,13 +117,19 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def keyring(settings: Settings) -> Keyring:
+    """The keys the store's secrets are sealed with (SQLite: its key file)."""
+    return load_keyring(settings)
+
+
+@pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(datetime(2026, 3, 10, 9, 30, tzinfo=UTC))
 
 
 @pytest.fixture
-def partner(engine: Engine, clock: FixedClock) -> Partner:
-    add_partner(engine, clock, "acme", SALT)
+def partner(engine: Engine, keyring: Keyring, clock: FixedClock) -> Partner:
+    add_partner(engine, keyring, clock, "acme", SALT)
     return Partner("acme", SALT)
 
 

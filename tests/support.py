@@ -23,10 +23,13 @@ from famprov.api.app import create_app
 from famprov.api.protocol import JsonErrorsProtocol
 from famprov.clock import Clock
 from famprov.config import Settings
+from famprov.keys import key_file
 from famprov.partners.hashing import compute_hash
 
 V1_PATH = "/bi_api/v1/services/partner/create-license"
 SALT = "s3cr3t-salt-for-tests-0123456789"
+# The operator's key where the tests give one (PostgreSQL always needs one).
+SECRET_KEY = "Mb6Q4CVXKyNfl9YDjiNyrQyI7NpVFKfikrFYcTnXnPQ"
 T = TypeVar("T")
 
 
@@ -186,6 +189,15 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def current_key(settings: Settings) -> str:
+    """The key the test's store is sealed with: given, or in its key file."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    path = key_file(settings)
+    assert path is not None
+    return path.read_text().strip()
 
 
 def only(store: str) -> pytest.MarkDecorator:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from famprov.client import Client, InvalidRequest, Unauthorized
 from famprov.clock import FixedClock
 from famprov.config import Settings
+from famprov.keys import Keyring
 from famprov.partners.hashing import compute_hash
 from famprov.partners.service import MAX_SALT_LENGTH, MIN_SALT_LENGTH, add_partner
 from support import V1_PATH, LiveServer
@@ -77,13 +78,14 @@ def one_character_changed(draw: st.DrawFn, text: str) -> str:
 def test_the_clients_hash_verifies_and_no_one_character_change_does(
     server: LiveServer,
     engine: Engine,
+    keyring: Keyring,
     clock: FixedClock,
     email: str,
     salt: str,
     data: st.DataObject,
 ) -> None:
     name = f"partner-{next(_names)}"
-    add_partner(engine, clock, name, salt)
+    add_partner(engine, keyring, clock, name, salt)
 
     with Client(server.url, partner=name, salt=salt, retries=0) as client:
         try:

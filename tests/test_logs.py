@@ -9,7 +9,15 @@ import httpx
 
 from famprov.config import Settings
 from famprov.partners.hashing import compute_hash
-from support import V1_PATH, Partner, ServerProcess, mail_files, vendor_url, wait_for
+from support import (
+    V1_PATH,
+    Partner,
+    ServerProcess,
+    current_key,
+    mail_files,
+    vendor_url,
+    wait_for,
+)
 
 
 def test_full_run_logs_no_secret_and_no_unredacted_email(
@@ -42,7 +50,12 @@ def test_full_run_logs_no_secret_and_no_unredacted_email(
 
     text = log_path.read_text()
     tokens = [r.json()["vault_url"].rsplit("/", 1)[1] for r in sent[:3]]
-    secrets = [partner.salt, *tokens, *(compute_hash(e, partner.salt) for e in emails)]
+    secrets = [
+        partner.salt,
+        current_key(settings),
+        *tokens,
+        *(compute_hash(e, partner.salt) for e in emails),
+    ]
     for secret in secrets:
         assert secret not in text
     for email in emails:

@@ -16,6 +16,7 @@ from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.invitations.delivery import DeliveryWorker
 from famprov.invitations.transports import FolderTransport
+from famprov.keys import Keyring
 from famprov.store.schema import licenses, outbox
 from support import (
     V1_PATH,
@@ -103,7 +104,11 @@ def test_delivery_hosts_apart_from_api_hosts(
 
 
 def test_a_dead_workers_claim_runs_out_and_another_delivers(
-    partner: Partner, engine: Engine, settings: Settings, clock: FixedClock
+    partner: Partner,
+    engine: Engine,
+    keyring: Keyring,
+    settings: Settings,
+    clock: FixedClock,
 ) -> None:
     api_only = settings.model_copy(update={"delivery": False})
     with LiveServer(api_only, clock) as server:
@@ -114,6 +119,7 @@ def test_a_dead_workers_claim_runs_out_and_another_delivers(
     def worker() -> DeliveryWorker:
         return DeliveryWorker(
             engine,
+            keyring,
             FolderTransport(settings.mail_folder),
             clock,
             public_url=settings.public_url,

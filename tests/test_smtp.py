@@ -57,6 +57,9 @@ def smtp_http(
     # The CLI in these tests reads the same store as the server, and runs on
     # the wall clock: the server's clock starts there too.
     monkeypatch.setenv("FAMPROV_DATABASE_URL", smtp_settings.database_url)
+    if smtp_settings.secret_key is not None:
+        key = smtp_settings.secret_key.get_secret_value()
+        monkeypatch.setenv("FAMPROV_SECRET_KEY", key)
     clock.set(datetime.now(UTC))
     with (
         LiveServer(smtp_settings, clock) as live,

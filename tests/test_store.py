@@ -23,7 +23,10 @@ from support import FAMPROV, V1_PATH, LiveServer, only, wait_for
 def famprov(
     *args: str, settings: Settings, **extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FAMPROV_DATABASE_URL": settings.database_url, **extra}
+    env = {**os.environ, "FAMPROV_DATABASE_URL": settings.database_url}
+    if settings.secret_key is not None:
+        env["FAMPROV_SECRET_KEY"] = settings.secret_key.get_secret_value()
+    env.update(extra)
     return subprocess.run(
         [FAMPROV, *args], env=env, capture_output=True, text=True, timeout=60
     )
@@ -147,18 +150,18 @@ def test_embedded_store_checkpoints_beside_the_writer(
 
 
 def test_partners_missing_together_are_read_once(
-    engine, partner, monkeypatch: pytest.MonkeyPatch
+    engine, keyring, partner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a partner's cache entry runs out under a burst, its requests share
     one read of the store instead of each sending its own."""
     reads: list[str] = []
 
-    def counted(engine_: object, name: str) -> object:
+    def counted(engine_: object, keyring_: object, name: str) -> object:
         reads.append(name)
-        return find_partner(engine, name)
+        return find_partner(engine, keyring, name)
 
     monkeypatch.setattr(partner_service, "find_partner", counted)
-    directory = partner_service.PartnerDirectory(engine, ttl_seconds=60)
+    directory = partner_service.PartnerDirectory(engine, keyring, ttl_seconds=60)
 
     async def burst() -> list[object]:
         return list(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -34,12 +36,13 @@ from famprov.config import Settings
 from famprov.errors import FamprovError
 from famprov.invitations import outbox as outbox_rows
 from famprov.invitations.delivery import DeliveryWorker
+from famprov.keys import Keyring, generate_key, load_keyring
 from famprov.licenses import records
 from famprov.licenses.plans import product_name
 from famprov.logs import log
 from famprov.partners import service as partners
 from famprov.partners.hashing import compute_hash
-from famprov.store import migrate, open_engine
+from famprov.store import migrate, open_engine, sealed
 
 DEMO_PARTNER = "demo"
 
@@ -92,12 +95,23 @@ def store(*, prepare: bool = True) -> tuple[Settings, Engine]:
     The store is made ready first (`famprov.store.migrate.prepare`) unless
     ``prepare`` is false, as for the commands that migrate it.
     """
+    settings, engine, _ = keyed_store(prepare=prepare)
+    return settings, engine
+
+
+def keyed_store(*, prepare: bool = True) -> tuple[Settings, Engine, Keyring]:
+    """`store`, with the keys that seal its secrets.
+
+    Every command that opens the store loads them, so that a PostgreSQL
+    store without ``FAMPROV_SECRET_KEY`` is refused by each alike.
+    """
     settings = load_settings()
     engine = open_engine(settings.database)
     click.get_current_context().call_on_close(engine.dispose)
+    keyring = load_keyring(settings)
     if prepare:
-        migrate.prepare(engine)
-    return settings, engine
+        migrate.prepare(engine, keyring)
+    return settings, engine, keyring
 
 
 def echo_json(data: Any) -> None:
@@ -129,7 +143,7 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
 
     from famprov.api.protocol import JsonErrorsProtocol
 
-    settings, engine = store()
+    settings, engine, keyring = keyed_store()
     if "FAMPROV_PUBLIC_URL" not in os.environ:
         require_public_url(settings)
         if host in WILDCARD_HOSTS:
@@ -154,7 +168,7 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
         )
     if settings.is_embedded and partners.count_partners(engine) == 0:
         salt = partners.generate_salt()
-        partners.add_partner(engine, SystemClock(), DEMO_PARTNER, salt)
+        partners.add_partner(engine, keyring, SystemClock(), DEMO_PARTNER, salt)
         print_demo(DEMO_PARTNER, salt, f"http://{host}:{port}")
     engine.dispose()
     if no_delivery:
@@ -178,11 +192,11 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
 @main.command()
 def worker() -> None:
     """Deliver invitations, and serve nothing: for delivery-only hosts."""
-    settings, engine = store()
+    settings, engine, keyring = keyed_store()
     if "FAMPROV_PUBLIC_URL" not in os.environ:
         require_public_url(settings)
     logs.configure(settings.log_format, settings.log_level)
-    delivery = DeliveryWorker.from_settings(settings, engine, SystemClock())
+    delivery = DeliveryWorker.from_settings(settings, engine, keyring, SystemClock())
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -203,9 +217,9 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration the database lacks."""
-    _, engine = store(prepare=False)
+    _, engine, keyring = keyed_store(prepare=False)
     before = migrate.current(engine)
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, keyring=keyring)
     after = migrate.current(engine)
     if before == after:
         click.echo(f"database already at {after}")
@@ -304,9 +318,9 @@ def partner_add(name: str, salt: str | None, salt_file: Any) -> None:
     if salt is not None and salt_file is not None:
         fail("give --salt or --salt-file, not both", 2)
     given = salt if salt is not None else read_salt(salt_file) if salt_file else None
-    _, engine = store()
+    _, engine, keyring = keyed_store()
     chosen = given if given is not None else partners.generate_salt()
-    partners.add_partner(engine, SystemClock(), name, chosen)
+    partners.add_partner(engine, keyring, SystemClock(), name, chosen)
     click.echo(f"partner {name} added")
     if given is None:
         click.echo(f"salt: {chosen}")
@@ -335,23 +349,33 @@ def partner_list(as_json: bool) -> None:
                     "enabled": p.enabled,
                     "created_at": p.created_at.isoformat(),
                     "licenses": p.licenses,
+                    "previous_salt_until": overlap_end(p),
                 }
                 for p in rows
             ]
         )
         return
     table(
-        ["partner", "enabled", "licenses", "created (UTC)"],
+        ["partner", "enabled", "licenses", "created (UTC)", "previous salt until"],
         [
             [
                 p.name,
                 "yes" if p.enabled else "no",
                 str(p.licenses),
                 p.created_at.isoformat(timespec="seconds"),
+                overlap_end(p) or "",
             ]
             for p in rows
         ],
     )
+
+
+def overlap_end(summary: partners.PartnerSummary) -> str | None:
+    """When a rotation's previous salt stops verifying, while it still does."""
+    until = summary.previous_salt_until
+    if until is None or until <= SystemClock().now():
+        return None
+    return until.isoformat(timespec="seconds")
 
 
 @partner.command("disable")
@@ -370,6 +394,135 @@ def partner_enable(name: str) -> None:
     _, engine = store()
     partners.set_enabled(engine, SystemClock(), name, True)
     click.echo(f"partner {name} enabled")
+
+
+_DURATION_PART = re.compile(r"(\d+)([smhd])")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """``90s``, ``30m``, ``24h``, ``7d``, ``1d12h`` or ``0``, as a timedelta."""
+    text = value.strip().lower()
+    if text == "0":
+        return timedelta(0)
+    if not re.fullmatch(r"(?:\d+[smhd])+", text):
+        raise click.BadParameter("give a number and a unit, s, m, h or d: 24h, 7d")
+    total = timedelta(0)
+    for amount, unit in _DURATION_PART.findall(text):
+        total += timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+    if total > MAX_OVERLAP:
+        raise click.BadParameter(f"at most {MAX_OVERLAP.days}d")
+    return total
+
+
+MAX_OVERLAP = timedelta(days=90)
+
+
+@partner.command("rotate-salt")
+@click.argument("name")
+@click.option(
+    "--overlap",
+    callback=duration,
+    default="24h",
+    show_default=True,
+    help="How long the current salt keeps verifying beside the new one "
+    "(0: it stops now).",
+)
+@click.option(
+    "--salt-file-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the new salt to this new file (mode 0600) instead of printing it.",
+)
+def partner_rotate_salt(
+    name: str, overlap: timedelta, salt_file_out: Path | None
+) -> None:
+    """Give a partner a new salt, shown once; the current one keeps
+    verifying until the overlap ends."""
+    settings, engine, keyring = keyed_store()
+    out = None
+    if salt_file_out is not None:
+        # Made before the rotation, so that a salt is never made that
+        # cannot be written down.
+        out = os.fdopen(
+            os.open(salt_file_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+            "w",
+            encoding="utf-8",
+        )
+    try:
+        rotated = partners.rotate_salt(engine, keyring, SystemClock(), name, overlap)
+    except BaseException:
+        if out is not None:
+            out.close()
+            salt_file_out.unlink()  # type: ignore[union-attr]
+        raise
+    if out is not None:
+        with out:
+            out.write(rotated.salt.reveal() + "\n")
+        click.echo(f"partner {name} has a new salt, written to {salt_file_out}")
+    else:
+        click.echo(f"partner {name} has a new salt")
+        click.echo(f"salt: {rotated.salt.reveal()}")
+        click.echo("The salt is shown this once: hand it to the partner securely.")
+    if rotated.cut_short is not None:
+        click.echo(
+            "The overlap of the rotation before, until "
+            f"{rotated.cut_short.isoformat(timespec='seconds')}, ended now: "
+            "the salt it kept verifying no longer does."
+        )
+    if rotated.previous_until is None:
+        click.echo("The previous salt no longer verifies.")
+    else:
+        click.echo(
+            "The previous salt verifies until "
+            f"{rotated.previous_until.isoformat(timespec='seconds')}, then "
+            "only the new one does."
+        )
+    click.echo(
+        "Servers accept the new salt within FAMPROV_PARTNER_CACHE_SECONDS "
+        f"({settings.partner_cache_seconds:g} s) of now."
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Make keys, and reseal the store's secrets under the newest."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a fresh key for FAMPROV_SECRET_KEY (32 random bytes)."""
+    click.echo(generate_key())
+
+
+@keys.command("rotate")
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Licenses resealed per transaction.",
+)
+def keys_rotate(batch_size: int) -> None:
+    """Reseal every salt and vault token under the newest key; safe to run
+    again, and beside a running service."""
+    _, engine, keyring = keyed_store()
+    done = sealed.reseal(engine, keyring, SystemClock().now(), batch_size=batch_size)
+    newest = keyring.newest_id
+    click.echo(
+        f"resealed {done.salts} salt(s) and {done.tokens} vault token(s) "
+        f"under key {newest}"
+    )
+    if done.expired_salts:
+        click.echo(
+            f"removed {done.expired_salts} previous salt(s) whose overlap was over"
+        )
+    older = keyring.ids[1:]
+    if older:
+        click.echo(
+            f"Once every host seals with key {newest} (first in its keys) and "
+            f"this has run since, key(s) {', '.join(older)} may go from "
+            f"{keyring.source}."
+        )
 
 
 @main.group()

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
+from famprov.keys import SecretKeyError, parse_keys
 from famprov.logs import Secret
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./famprov.db"
@@ -80,6 +81,13 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8080",
         description="Base of every vault URL, as the invited person reaches it.",
     )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="The keys that seal salts and vault tokens in the store, "
+        "newest first, separated by commas; without it the embedded store "
+        "keeps a key file beside its database, and PostgreSQL refuses.",
+        repr=False,
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     partner_cache_seconds: float = Field(
@@ -120,6 +128,16 @@ class Settings(BaseSettings):
         database = info.data.get("database_url", DEFAULT_DATABASE_URL)
         if value > 1 and make_url(database).get_backend_name() == "sqlite":
             raise ValueError("above 1 needs PostgreSQL: SQLite takes one writer")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_keys(value.get_secret_value(), "the setting")
+            except SecretKeyError as exc:
+                raise ValueError(exc.message) from None
         return value
 
     @field_validator("public_url")

@@ -25,6 +25,7 @@ from famprov.api.middleware import RequestLogMiddleware
 from famprov.clock import Clock, SystemClock
 from famprov.config import Settings
 from famprov.invitations.delivery import DeliveryWorker
+from famprov.keys import load_keyring
 from famprov.licenses.service import GrantService
 from famprov.logs import log
 from famprov.partners.service import PartnerDirectory
@@ -79,9 +80,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        keyring = await asyncio.to_thread(load_keyring, settings)
         engine = open_engine(settings.database)
-        await asyncio.to_thread(prepare, engine)
-        delivery = DeliveryWorker.from_settings(settings, engine, clock)
+        await asyncio.to_thread(prepare, engine, keyring)
+        delivery = DeliveryWorker.from_settings(settings, engine, keyring, clock)
 
         def committed(grants: int, seconds: float) -> None:
             metrics.observe_commit(grants, seconds)
@@ -90,7 +92,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
 
         grants = GrantService(
             settings.database,
-            PartnerDirectory(engine, settings.partner_cache_seconds),
+            PartnerDirectory(engine, keyring, settings.partner_cache_seconds),
+            keyring,
             clock,
             batch_size=settings.writer_batch_size,
             writers=settings.writers,

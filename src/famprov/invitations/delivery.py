@@ -32,6 +32,7 @@ from famprov.clock import Clock
 from famprov.config import Settings
 from famprov.invitations import message, transports
 from famprov.invitations.transports import DeliveryError, Transport
+from famprov.keys import Keyring, token_context
 from famprov.licenses.service import REVOKED, vault_url
 from famprov.logs import log, redact_email, redact_emails
 from famprov.store import WRITE
@@ -59,6 +60,7 @@ class DeliveryWorker:
     def __init__(
         self,
         engine: Engine,
+        keyring: Keyring,
         transport: Transport,
         clock: Clock,
         *,
@@ -72,6 +74,7 @@ class DeliveryWorker:
     ) -> None:
         self._lease = timedelta(seconds=lease_seconds)
         self._engine = engine
+        self._keyring = keyring
         self._transport = transport
         self._clock = clock
         self._public_url = public_url
@@ -86,10 +89,11 @@ class DeliveryWorker:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, engine: Engine, clock: Clock
+        cls, settings: Settings, engine: Engine, keyring: Keyring, clock: Clock
     ) -> DeliveryWorker:
         return cls(
             engine,
+            keyring,
             transports.from_settings(settings),
             clock,
             public_url=settings.public_url,
@@ -212,7 +216,12 @@ class DeliveryWorker:
                 partner_name=row.partner_name,
                 products=json.loads(row.products),
                 expires_at=row.expires_at,
-                vault_url=vault_url(self._public_url, row.vault_token),
+                vault_url=vault_url(
+                    self._public_url,
+                    self._keyring.open(
+                        row.sealed_vault_token, token_context(row.order_number)
+                    ),
+                ),
             ),
         )
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from famprov.clock import Clock
 from famprov.errors import InvitationGoneError, NotFoundError
+from famprov.keys import token_digest
 from famprov.licenses.plans import product_name
 from famprov.licenses.service import ACTIVE, INVITED, effective_status
 from famprov.store import WRITE
@@ -58,7 +59,10 @@ def accept_invitation(engine: Engine, clock: Clock, token: str) -> InvitationVie
         # PostgreSQL too, whichever commits first.
         conn.execute(
             update(licenses)
-            .where(licenses.c.vault_token == token, licenses.c.status == INVITED)
+            .where(
+                licenses.c.vault_token_digest == token_digest(token),
+                licenses.c.status == INVITED,
+            )
             .values(status=ACTIVE, accepted_at=now)
         )
         return _read(conn, clock, token)
@@ -77,7 +81,8 @@ def _read(conn: Connection, clock: Clock, token: str) -> InvitationView:
             partners.c.name.label("partner_name"),
         )
         .join(partners, partners.c.id == licenses.c.partner_id)
-        .where(licenses.c.vault_token == token)
+        # Stored as its digest only: see `famprov.keys`.
+        .where(licenses.c.vault_token_digest == token_digest(token))
     ).first()
     if row is None:
         raise NotFoundError("no invitation at this address")

@@ -13,6 +13,10 @@ invitation's outbox row are written together: if one is on disk, so is the
 other, and no caller hears 200 before the commit. Jobs and outcomes cross to
 and from that process as the plain tuples of `encode_job` and
 `encode_outcome`.
+
+Vault tokens are stored as a digest and sealed (`famprov.keys`): the writer
+seals each new token and opens a replay's, a couple of microseconds each,
+with the keyring it is handed over its socket at start.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from famprov.errors import (
     FamprovError,
     TransactionConflictError,
 )
+from famprov.keys import Keyring, token_context, token_digest
 from famprov.licenses import fields
 from famprov.licenses.plans import CATALOGUE, DEFAULT_PLAN, Plan
 from famprov.licenses.terms import years_after
@@ -100,6 +105,7 @@ class GrantService:
         self,
         database: URL,
         directory: PartnerDirectory,
+        keyring: Keyring,
         clock: Clock,
         *,
         batch_size: int = 256,
@@ -109,9 +115,11 @@ class GrantService:
         after_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self._directory = directory
+        self._clock = clock
         self._writer: BatchWriter[GrantJob, Grant] = BatchWriter(
             database,
-            f"{__name__}:record_batch",
+            f"{__name__}:batch_recorder",
+            argument=keyring,
             encode=encode_job,
             decode=decode_outcome,
             clock=clock.now,
@@ -132,7 +140,7 @@ class GrantService:
         """Grant the person in ``params`` a license, or raise why not."""
         raw = fields.require(params)
         partner = await self._directory.get(raw.partner_name)
-        email = authenticate(partner, raw.email, raw.hash)
+        email = authenticate(partner, raw.email, raw.hash, self._clock.now())
         assert partner is not None
         # From here on every log line of this request names the partner.
         logs.note(partner=partner.name)
@@ -142,7 +150,7 @@ class GrantService:
 
 
 def record(
-    conn: Connection, jobs: Sequence[GrantJob], now: datetime
+    conn: Connection, jobs: Sequence[GrantJob], now: datetime, keyring: Keyring
 ) -> list[Grant | FamprovError]:
     """Write the batch's licenses and their invitations; answer replays.
 
@@ -152,7 +160,7 @@ def record(
     """
     sql = RawSQL(conn)
     terms = _Terms(sql, now)
-    known = _Known.read(sql, jobs, new_identities(len(jobs)))
+    known = _Known.read(sql, jobs, new_identities(len(jobs)), keyring)
     outcomes: list[Grant | FamprovError] = []
     created: list[tuple[GrantJob, Grant]] = []
     expired: list[int] = []
@@ -169,7 +177,7 @@ def record(
             [(license_id,) for license_id in expired],
         )
     if created:
-        _insert(sql, created, terms)
+        _insert(sql, created, terms, keyring)
     return outcomes
 
 
@@ -197,14 +205,18 @@ def decode_job(values: tuple[Any, ...]) -> GrantJob:
     return GrantJob(partner_id, txid, person, CATALOGUE[plan])
 
 
-def record_batch(
-    conn: Connection, jobs: Sequence[tuple[Any, ...]], now: datetime
-) -> list[tuple[Any, ...]]:
-    """`record`, in the writer process: jobs and outcomes as plain values."""
-    return [
-        encode_outcome(outcome)
-        for outcome in record(conn, [decode_job(job) for job in jobs], now)
-    ]
+def batch_recorder(
+    keyring: Keyring,
+) -> Callable[[Connection, Sequence[tuple[Any, ...]], datetime], list[Any]]:
+    """`record`, for the writer process: jobs and outcomes as plain values."""
+
+    def record_batch(
+        conn: Connection, jobs: Sequence[tuple[Any, ...]], now: datetime
+    ) -> list[tuple[Any, ...]]:
+        outcomes = record(conn, [decode_job(job) for job in jobs], now, keyring)
+        return [encode_outcome(outcome) for outcome in outcomes]
+
+    return record_batch
 
 
 def encode_outcome(outcome: Grant | FamprovError) -> tuple[Any, ...]:
@@ -277,6 +289,7 @@ class _Known:
         sql: RawSQL,
         jobs: Sequence[GrantJob],
         identities: Iterator[tuple[str, str]],
+        keyring: Keyring,
     ) -> _Known:
         known = cls({}, {}, identities)
         by_partner: dict[int, list[GrantJob]] = defaultdict(list)
@@ -292,7 +305,7 @@ class _Known:
             # replay would be refused as a second grant. Each half keeps to
             # its own unique index.
             columns = (
-                "id, transaction_id, live_email_key, order_number, vault_token, "
+                "id, transaction_id, live_email_key, order_number, sealed_vault_token, "
                 "email_key, first_name, last_name, expires_at"
             )
             for row in sql.execute(
@@ -302,8 +315,11 @@ class _Known:
                 f"AND live_email_key {by_key.test}",
                 (partner_id, *by_txid.params, partner_id, *by_key.params),
             ):
-                license_id, txid, live_key, order, token, key, first, last = row[:8]
+                license_id, txid, live_key, order, sealed, key, first, last = row[:8]
                 if txid in txids:
+                    # A replay answers with the same vault URL: its token,
+                    # opened (a conflict's too; they are rare).
+                    token = keyring.open(sealed, token_context(order))
                     known.earlier[(partner_id, txid)] = _Earlier(
                         order, token, (key, first, last)
                     )
@@ -345,7 +361,7 @@ class _Known:
 _LICENSE_COLUMNS = (
     "order_number, partner_id, transaction_id, email, email_key, live_email_key, "
     "first_name, last_name, plan, products, status, created_at, starts_at, "
-    "expires_at, vault_token"
+    "expires_at, vault_token_digest, sealed_vault_token"
 )
 # The PostgreSQL type of each of those columns, read from a batch's JSON.
 _LICENSE_TYPES = [
@@ -364,11 +380,17 @@ _LICENSE_TYPES = [
     "timestamp",
     "timestamp",
     "text",
+    "text",
 ]
 _OUTBOX_COLUMNS = "license_id, kind, status, attempts, next_attempt_at, created_at"
 
 
-def _insert(sql: RawSQL, created: list[tuple[GrantJob, Grant]], terms: _Terms) -> None:
+def _insert(
+    sql: RawSQL,
+    created: list[tuple[GrantJob, Grant]],
+    terms: _Terms,
+    keyring: Keyring,
+) -> None:
     """Write each new license and, in the same transaction, its invitation.
 
     Each statement takes the whole batch as one JSON array, so that the
@@ -395,7 +417,8 @@ def _insert(sql: RawSQL, created: list[tuple[GrantJob, Grant]], terms: _Terms) -
                 at,
                 at,
                 ends,
-                grant.vault_token,
+                token_digest(grant.vault_token),
+                keyring.seal(grant.vault_token, token_context(grant.order_number)),
             )
         )
     if sql.is_sqlite:

@@ -8,12 +8,13 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from famprov.clock import Clock
 from famprov.errors import NotFoundError, OperatorError, PartnerAuthError
+from famprov.keys import Keyring, salt_context
 from famprov.logs import Secret
 from famprov.partners.hashing import verify_hash
 from famprov.store import WRITE
@@ -33,6 +34,21 @@ class Partner:
     salt: Secret
     enabled: bool
     created_at: datetime
+    # The salt a rotation replaced, and the end of the overlap in which it
+    # still verifies: checked at each request, whatever the cache holds.
+    previous_salt: Secret | None = None
+    previous_salt_until: datetime | None = None
+
+    def salts(self, now: datetime) -> tuple[str | None, str | None]:
+        """The salts a request at ``now`` may be hashed with: the current
+        one, and the previous one during an overlap (else None)."""
+        if not self.enabled:
+            return None, None
+        previous = self.previous_salt
+        until = self.previous_salt_until
+        if previous is None or until is None or until <= now:
+            return self.salt.reveal(), None
+        return self.salt.reveal(), previous.reveal()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,18 @@ class PartnerSummary:
     enabled: bool
     created_at: datetime
     licenses: int
+    previous_salt_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RotatedSalt:
+    """A rotation's outcome: the new salt, shown once."""
+
+    salt: Secret
+    # Until when the salt it replaced verifies; None when it stopped at once.
+    previous_until: datetime | None
+    # The end of an earlier overlap this rotation cut short, if any.
+    cut_short: datetime | None
 
 
 def generate_salt() -> str:
@@ -74,7 +102,9 @@ def check_salt(salt: str) -> str:
     return salt
 
 
-def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
+def add_partner(
+    engine: Engine, keyring: Keyring, clock: Clock, name: str, salt: str
+) -> Partner:
     check_name(name)
     check_salt(salt)
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
@@ -87,7 +117,12 @@ def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
             raise OperatorError(f"partner {taken!r} already exists")
         now = clock.now()
         row_id = conn.execute(
-            insert(partners).values(name=name, salt=salt, enabled=True, created_at=now)
+            insert(partners).values(
+                name=name,
+                sealed_salt=keyring.seal(salt, salt_context(name)),
+                enabled=True,
+                created_at=now,
+            )
         ).inserted_primary_key
         assert row_id is not None
     return Partner(row_id[0], name, Secret(salt), True, now)
@@ -117,7 +152,9 @@ def list_partners(engine: Engine) -> Sequence[PartnerSummary]:
     )
     with engine.connect() as conn:
         return [
-            PartnerSummary(row.name, row.enabled, row.created_at, row.n)
+            PartnerSummary(
+                row.name, row.enabled, row.created_at, row.n, row.previous_salt_until
+            )
             for row in conn.execute(query)
         ]
 
@@ -127,16 +164,63 @@ def count_partners(engine: Engine) -> int:
         return conn.execute(select(func.count()).select_from(partners)).scalar_one()
 
 
-def find_partner(engine: Engine, name: str) -> Partner | None:
+def find_partner(engine: Engine, keyring: Keyring, name: str) -> Partner | None:
     with engine.connect() as conn:
-        return _find(conn, name)
+        return _find(conn, keyring, name)
 
 
-def _find(conn: Connection, name: str) -> Partner | None:
+def _find(conn: Connection, keyring: Keyring, name: str) -> Partner | None:
     row = conn.execute(select(partners).where(partners.c.name == name)).first()
     if row is None:
         return None
-    return Partner(row.id, row.name, Secret(row.salt), row.enabled, row.created_at)
+    context = salt_context(row.name)
+    previous = row.sealed_previous_salt
+    return Partner(
+        row.id,
+        row.name,
+        Secret(keyring.open(row.sealed_salt, context)),
+        row.enabled,
+        row.created_at,
+        Secret(keyring.open(previous, context)) if previous is not None else None,
+        row.previous_salt_until,
+    )
+
+
+def rotate_salt(
+    engine: Engine, keyring: Keyring, clock: Clock, name: str, overlap: timedelta
+) -> RotatedSalt:
+    """Give a partner a new salt; the current one keeps verifying for
+    ``overlap`` (not at all when it is zero).
+
+    A rotation during another's overlap ends that overlap now: only the
+    salt being replaced stays beside the new one.
+    """
+    if overlap < timedelta(0):
+        raise OperatorError("the overlap must not be negative")
+    salt = generate_salt()
+    now = clock.now()
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        row = conn.execute(
+            select(partners.c.sealed_salt, partners.c.previous_salt_until).where(
+                partners.c.name == name
+            )
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no partner named {name!r}")
+        earlier = row.previous_salt_until
+        until = now + overlap if overlap else None
+        conn.execute(
+            update(partners)
+            .where(partners.c.name == name)
+            .values(
+                sealed_salt=keyring.seal(salt, salt_context(name)),
+                # Moved as it is: sealed for this partner, it opens here too.
+                sealed_previous_salt=row.sealed_salt if until else None,
+                previous_salt_until=until,
+            )
+        )
+    cut_short = earlier if earlier is not None and earlier > now else None
+    return RotatedSalt(Secret(salt), until, cut_short)
 
 
 class PartnerDirectory:
@@ -148,8 +232,9 @@ class PartnerDirectory:
     names; the oldest go first.
     """
 
-    def __init__(self, engine: Engine, ttl_seconds: float) -> None:
+    def __init__(self, engine: Engine, keyring: Keyring, ttl_seconds: float) -> None:
         self._engine = engine
+        self._keyring = keyring
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, Partner | None]] = {}
         # One read of the store per name at a time: the requests that miss
@@ -172,7 +257,9 @@ class PartnerDirectory:
 
     async def _read(self, name: str, now: float) -> Partner | None:
         try:
-            partner = await asyncio.to_thread(find_partner, self._engine, name)
+            partner = await asyncio.to_thread(
+                find_partner, self._engine, self._keyring, name
+            )
         finally:
             del self._reading[name]
         self._cache.pop(name, None)
@@ -182,20 +269,24 @@ class PartnerDirectory:
         return partner
 
 
-def authenticate(partner: Partner | None, email: str, hash_hex: str) -> str:
+def authenticate(
+    partner: Partner | None, email: str, hash_hex: str, now: datetime
+) -> str:
     """Return the email the hash verifies, or raise `PartnerAuthError`.
 
     Clients built on the vendor's sample do not URL-encode, so a ``+`` in the
     email reaches us as a space. When the email as received fails and holds a
     space, the variant with every space read as ``+`` is tried; the email that
     verifies is the one the partner meant.
+
+    During a salt rotation's overlap the previous salt verifies too; past
+    its end (``now``), only the current one, whatever the cache holds.
     """
-    usable = partner is not None and partner.enabled
-    salt = partner.salt.reveal() if usable and partner is not None else None
-    if verify_hash(email, salt, hash_hex):
+    salt, previous = (None, None) if partner is None else partner.salts(now)
+    if verify_hash(email, salt, hash_hex, previous):
         return email
     if " " in email:
         variant = email.replace(" ", "+")
-        if verify_hash(variant, salt, hash_hex):
+        if verify_hash(variant, salt, hash_hex, previous):
             return variant
     raise PartnerAuthError()

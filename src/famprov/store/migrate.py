@@ -4,10 +4,16 @@ The embedded SQLite store upgrades itself on first use. A PostgreSQL store is
 shared by many hosts, so famprov never changes it on its own: the operator
 runs ``famprov db upgrade``, and a server or command that finds the database
 behind its migrations refuses to start and says so.
+
+Migrations that change secrets at rest are handed the operator's keyring
+(``keyring`` below) through Alembic's config: ``env.py`` never reads
+settings of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from alembic import command
@@ -19,17 +25,22 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine
 
 from famprov.errors import FamprovError
+from famprov.keys import Keyring
 from famprov.store.schema import metadata
+from famprov.store.sealed import check_keyring
 
 
 class StoreNotReadyError(FamprovError):
     """The database is missing famprov's tables, or is behind them."""
 
 
-def _config(connection: Connection | None = None) -> Config:
+def _config(
+    connection: Connection | None = None, keyring: Keyring | None = None
+) -> Config:
     config = Config()
     config.set_main_option("script_location", "famprov.store:migrations")
     config.attributes["connection"] = connection
+    config.attributes["keyring"] = keyring
     return config
 
 
@@ -51,12 +62,83 @@ def known(revision: str) -> bool:
         return False
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(
+    engine: Engine, revision: str = "head", *, keyring: Keyring | None = None
+) -> None:
+    """Migrate to ``revision``; ``keyring`` seals the secrets a migration
+    finds in plaintext (none is needed where there are none)."""
     found = current(engine)
     if found is not None and not known(found):
         raise _newer(found)
-    with engine.begin() as conn:
-        command.upgrade(_config(conn), revision)
+    with _migrating(engine) as conn:
+        command.upgrade(_config(conn, keyring), revision)
+    if found is not None and SEALING_REVISION in _applied(found, current(engine)):
+        scrub(engine)
+
+
+# The migration that sealed the plaintext salts and vault tokens: the values
+# it replaced stay in the database's files (free pages, the write-ahead log,
+# dead row versions) until the tables are rewritten.
+SEALING_REVISION = "0003"
+
+
+def _applied(before: str, after: str | None) -> set[str]:
+    if after is None or after == before:
+        return set()
+    script = ScriptDirectory.from_config(_config())
+    return {rev.revision for rev in script.iterate_revisions(after, before)}
+
+
+def scrub(engine: Engine) -> None:
+    """Rewrite the store's files so that no value a migration replaced stays
+    in them: VACUUM and an emptied write-ahead log on SQLite, ``VACUUM
+    FULL`` of the tables that held secrets on PostgreSQL."""
+    if engine.dialect.name == "sqlite":
+        # Outside any transaction, which VACUUM refuses.
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("VACUUM")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+        finally:
+            raw.close()
+        return
+    autocommit = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit as conn:
+        conn.exec_driver_sql("VACUUM FULL partners, licenses")
+
+
+def downgrade(engine: Engine, revision: str, *, keyring: Keyring | None = None) -> None:
+    with _migrating(engine) as conn:
+        command.downgrade(_config(conn, keyring), revision)
+
+
+@contextlib.contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection to migrate on.
+
+    SQLite changes a table by copying it and dropping the original, which
+    its foreign keys refuse while they are enforced: they are switched off
+    for the migration (which SQLite allows outside a transaction only), and
+    checked whole before they are switched on again.
+    """
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite and raw.execute("PRAGMA foreign_key_check").fetchall():
+                    raise StoreNotReadyError(
+                        "the migration left rows whose reference is missing"
+                    )
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def _newer(found: str) -> StoreNotReadyError:
@@ -97,10 +179,12 @@ def require_current(engine: Engine) -> None:
         )
 
 
-def prepare(engine: Engine) -> None:
-    """Make the store usable: upgrade SQLite, require PostgreSQL be current."""
+def prepare(engine: Engine, keyring: Keyring) -> None:
+    """Make the store usable: upgrade SQLite, require PostgreSQL be current;
+    then check that ``keyring`` opens the secrets it holds."""
     if engine.dialect.name == "sqlite":
         if current(engine) != head():
-            upgrade(engine)
-        return
-    require_current(engine)
+            upgrade(engine, keyring=keyring)
+    else:
+        require_current(engine)
+    check_keyring(engine, keyring)

@@ -56,12 +56,16 @@ partners = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
-    # TODO: salts are stored in plaintext; a copy of the database lets anyone
-    # compute valid hashes. Encrypting them at rest needs an operator key.
-    Column("salt", String(256), nullable=False),
+    # The salt, sealed with the operator's key (`famprov.keys`): a copy of
+    # the database alone lets nobody compute a valid hash.
+    Column("sealed_salt", Text, nullable=False),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime),
+    # The salt a rotation replaced, sealed too, and until when it verifies
+    # beside the current one; both NULL outside an overlap.
+    Column("sealed_previous_salt", Text),
+    Column("previous_salt_until", UTCDateTime),
 )
 
 licenses = Table(
@@ -88,10 +92,12 @@ licenses = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("accepted_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
-    # TODO: the vault token is stored in plaintext, so a copy of the database
-    # yields working invitation links; keeping only a keyed digest needs an
-    # operator key, as the salts do.
-    Column("vault_token", String(64), nullable=False, unique=True),
+    # The vault token is never stored as it is: the invitation page finds
+    # its license by the token's digest, and a replay of the grant and the
+    # invitation mail read it sealed with the operator's key, so a copy of
+    # the database alone yields no working vault URL.
+    Column("vault_token_digest", String(43), nullable=False, unique=True),
+    Column("sealed_vault_token", Text, nullable=False),
     UniqueConstraint("partner_id", "transaction_id", name="uq_licenses_partner_txn"),
     UniqueConstraint("partner_id", "live_email_key", name="uq_licenses_partner_live"),
 )

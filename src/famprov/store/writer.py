@@ -76,8 +76,11 @@ def frame(message: Any) -> bytes:
 class BatchWriter(Generic[J, R]):
     """Writes jobs in batches through ``processes`` writer processes.
 
-    ``target`` names the function the writer process applies to a batch,
-    as ``module:function``; ``encode`` turns a job into what crosses to it,
+    ``target`` names, as ``module:function``, the factory of the function
+    the writer process applies to a batch: it is called there once with
+    ``argument`` (sent over the socket, never on a command line or in the
+    environment: it may hold keys). ``encode`` turns a job into what
+    crosses to it,
     and ``decode`` an outcome into the result, or raises its domain error.
     Each writer process has one batch in flight; SQLite takes one writer at
     a time, PostgreSQL several (one batch written while another commits).
@@ -88,6 +91,7 @@ class BatchWriter(Generic[J, R]):
         database: URL,
         target: str,
         *,
+        argument: Any = None,
         encode: Callable[[J], Any],
         decode: Callable[[Any], R],
         clock: Callable[[], datetime],
@@ -102,6 +106,7 @@ class BatchWriter(Generic[J, R]):
         self._config = {
             "database": database.render_as_string(hide_password=False),
             "target": target,
+            "argument": argument,
             "log_format": log_format,
             "log_level": log_level,
         }

@@ -1,13 +1,14 @@
 """The writer process: ``python -m famprov.store.writer_process``.
 
 Started by `famprov.store.writer.BatchWriter`, with its socket as standard
-input. It reads its settings (the store's URL, the function to apply, the
-log settings) as the first message, answers ``ready`` once the store
-answers, then for each batch: applies the function in one transaction,
-commits, and sends back one outcome per job. A job's domain refusal is an
-outcome like any other; a database error rolls the batch back and each job
-is then written in a transaction of its own, so that one bad job never fails
-its neighbours. It leaves when its socket closes.
+input. It reads its settings (the store's URL, the factory of the function
+to apply and its argument, the log settings) as the first message, answers
+``ready`` once the store answers, then for each batch: applies the function
+in one transaction, commits, and sends back one outcome per job. A job's
+domain refusal is an outcome like any other; a database error rolls the
+batch back and each job is then written in a transaction of its own, so
+that one bad job never fails its neighbours. It leaves when its socket
+closes.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def main() -> None:
     logs.configure(config["log_format"], config["log_level"])
     engine = open_engine(make_url(config["database"]))
     module, _, name = config["target"].partition(":")
-    apply: Apply = getattr(importlib.import_module(module), name)
+    factory: Callable[[Any], Apply] = getattr(importlib.import_module(module), name)
+    apply = factory(config["argument"])
     if not is_reachable(engine):
         channel.sendall(frame(("failed", "the database does not answer")))
         return
