@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.partners import service as partner_service
 from famprov.partners.service import find_partner
-from famprov.store.migrate import head
+from famprov.store.migrate import HEAD, head
 from support import FAMPROV, V1_PATH, LiveServer, only, wait_for
 
 
@@ -42,6 +43,32 @@ def test_upgrade_then_check_agree(settings: Settings) -> None:
     checked = famprov("db", "check", settings=settings)
     assert checked.returncode == 0, checked.stderr
     assert "matching the models" in checked.stdout
+
+
+def test_a_current_store_is_served_without_loading_alembic(settings: Settings) -> None:
+    assert head() == HEAD
+    assert famprov("db", "upgrade", settings=settings).returncode == 0
+    # What a server does at start, in a fresh interpreter: Alembic is
+    # megabytes of every serving process's memory when it loads.
+    probe = (
+        "import sys\n"
+        "import famprov.cli\n"
+        "from famprov.config import Settings\n"
+        "from famprov.keys import load_keyring\n"
+        "from famprov.store import migrate, open_engine\n"
+        "settings = Settings()\n"
+        "engine = open_engine(settings.database)\n"
+        "migrate.prepare(engine, load_keyring(settings))\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    env = {**os.environ, "FAMPROV_DATABASE_URL": settings.database_url}
+    if settings.secret_key is not None:
+        env["FAMPROV_SECRET_KEY"] = settings.secret_key.get_secret_value()
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "False"
 
 
 def test_check_finds_drift_between_database_and_models(
