@@ -62,6 +62,11 @@ partners = Table(
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime),
+    # The most licenses the partner may be granted, NULL for no cap; and how
+    # many it was granted (revoked and expired ones included), counted by
+    # the writer in the transaction that inserts them.
+    Column("license_quota", Integer),
+    Column("licenses_used", Integer, nullable=False, default=0, server_default="0"),
 )
 
 licenses = Table(
