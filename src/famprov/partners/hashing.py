@@ -16,8 +16,9 @@ HASH_HEX_LENGTH = 64
 _HEX = re.compile(f"[0-9a-fA-F]{{{HASH_HEX_LENGTH}}}")
 
 # Verified against when the partner is unknown or disabled, so that such a
-# request does the same work as one with a wrong hash.
-_DUMMY_SALT = "famprov-no-such-partner-0000000000000000"
+# request does the same work as one with a wrong hash: as long as the salts
+# famprov generates (43 characters), so that it hashes as many blocks.
+_DUMMY_SALT = "famprov-no-such-partner-0000000000000000000"
 
 
 def compute_hash(email: str, salt: str) -> str:

@@ -220,6 +220,14 @@ class PartnerDirectory:
         return partner
 
 
+# A failed authentication verifies the hash against this many salts: the
+# partner's usable ones, and the dummy in place of each it lacks (all of them
+# for an unknown or disabled partner). So it costs the same whichever partner
+# is named; a partner with more usable salts than this (during a salt
+# rotation's overlap) must not exist, or it would stand out by the extra work.
+SALTS_CHECKED = 1
+
+
 def authenticate(partner: Partner | None, email: str, hash_hex: str) -> str:
     """Return the email the hash verifies, or raise `PartnerAuthError`.
 
@@ -227,13 +235,32 @@ def authenticate(partner: Partner | None, email: str, hash_hex: str) -> str:
     email reaches us as a space. When the email as received fails and holds a
     space, the variant with every space read as ``+`` is tried; the email that
     verifies is the one the partner meant.
+
+    An unknown partner, a disabled one and a wrong hash do the same work:
+    each verification runs, against the dummy salt where there is no usable
+    one (`SALTS_CHECKED`), so that the time of a refusal tells nothing about
+    which names exist.
     """
-    usable = partner is not None and partner.enabled
-    salt = partner.salt.reveal() if usable and partner is not None else None
-    if verify_hash(email, salt, hash_hex):
+    salts = _usable_salts(partner)
+    if _verifies(email, salts, hash_hex):
         return email
     if " " in email:
         variant = email.replace(" ", "+")
-        if verify_hash(variant, salt, hash_hex):
+        if _verifies(variant, salts, hash_hex):
             return variant
     raise PartnerAuthError()
+
+
+def _usable_salts(partner: Partner | None) -> tuple[str | None, ...]:
+    """The salts a request is verified against; None is the dummy."""
+    if partner is None or not partner.enabled:
+        return _DUMMIES
+    salts = (partner.salt.reveal(),)
+    return salts + _DUMMIES[len(salts) :]
+
+
+_DUMMIES: tuple[None, ...] = (None,) * SALTS_CHECKED
+
+
+def _verifies(email: str, salts: tuple[str | None, ...], hash_hex: str) -> bool:
+    return any(verify_hash(email, salt, hash_hex) for salt in salts)
