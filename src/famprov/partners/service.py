@@ -186,6 +186,14 @@ class PartnerDirectory:
     names; the oldest go first.
     """
 
+    # TODO: whether a name is in the cache shows in the time of an answer (a
+    # miss waits for the store). A partner's own traffic keeps its name in
+    # the cache, so a prober who times its first request for each name can
+    # tell a name in use in the last FAMPROV_PARTNER_CACHE_SECONDS from one
+    # nobody asked for. Holding every partner in memory, refreshed in the
+    # background, would answer every name alike; it costs a read of the
+    # whole table per refresh.
+
     def __init__(self, engine: Engine, ttl_seconds: float) -> None:
         self._engine = engine
         self._ttl = ttl_seconds
