@@ -190,9 +190,10 @@ def _count_licenses(sql: RawSQL, granted: Counter[int]) -> None:
     operator lowered the quota: then the cap no longer holds the batch, the
     statement changes nothing, and the batch is written again from a fresh
     read (`StaleReadError`). The statement runs last, so the partner's row
-    stays locked only while the batch commits.
+    stays locked only while the batch commits; partners go in the order of
+    their ids, so that two batches never wait for each other's rows.
     """
-    for partner_id, count in granted.items():
+    for partner_id, count in sorted(granted.items()):
         counted = sql.execute(
             "UPDATE partners SET licenses_used = licenses_used + ? WHERE id = ? "
             "AND (license_quota IS NULL OR licenses_used + ? <= license_quota)",
