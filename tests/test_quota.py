@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic import command
 from click.testing import CliRunner, Result
 from sqlalchemy import Connection, Engine, func, select, text, update
 
@@ -25,14 +26,21 @@ from famprov.clock import FixedClock
 from famprov.config import Settings
 from famprov.errors import (
     ExistingLicenseError,
+    NotFoundError,
+    OperatorError,
     QuotaExceededError,
     TransactionConflictError,
 )
 from famprov.licenses import fields
 from famprov.licenses.plans import DEFAULT_PLAN
 from famprov.licenses.service import Grant, GrantJob, _count_licenses, record
-from famprov.partners.service import add_partner, find_partner, set_quota
-from famprov.store import WRITE, open_engine
+from famprov.partners.service import (
+    add_partner,
+    find_partner,
+    list_partners,
+    set_quota,
+)
+from famprov.store import WRITE, migrate, open_engine
 from famprov.store.raw import RawSQL
 from famprov.store.schema import licenses, outbox, partners
 from famprov.store.writer import StaleReadError
@@ -112,7 +120,7 @@ def test_at_the_cap_a_new_grant_is_403_and_makes_nothing(
     assert count(engine, licenses) == 2
     assert count(engine, outbox) == 2
 
-    # Steps 4 come before step 5: a replay answers its original body, the
+    # Step 4 comes before step 5: a replay answers its original body, the
     # same transaction id with other details and a second license for a
     # person are the 409s they always are.
     replay = http.get(V1_PATH, params=person(acme, 1))
@@ -223,8 +231,6 @@ def test_a_burst_at_the_cap_grants_exactly_the_quota(
 
 
 def listed_remaining(engine: Engine) -> dict[str, int | None]:
-    from famprov.partners.service import list_partners
-
     return {p.name: p.remaining for p in list_partners(engine)}
 
 
@@ -336,7 +342,8 @@ def test_a_batch_that_lost_the_race_for_the_last_license_is_refused(
     acme = Partner("acme", SALT)
     other_writer = open_engine(settings.database)
     try:
-        with other_writer.connect() as conn, conn.begin():
+        with other_writer.connect() as conn:
+            # The other writer's transaction locks the partner's row.
             conn.execute(
                 update(partners).values(licenses_used=partners.c.licenses_used)
             )
@@ -372,6 +379,7 @@ def waiting_on_a_lock(engine: Engine) -> bool:
 
 
 def take_the_last_license(conn: Connection) -> None:
+    """What the other writer commits: the quota's last license counted."""
     conn.execute(update(partners).values(licenses_used=1))
     conn.commit()
 
@@ -427,10 +435,10 @@ def test_quota_commands(
 def test_quota_commands_refuse_bad_input(env: dict[str, str], engine: Engine) -> None:
     assert cli("partner", "add", "acme", "--salt", SALT).exit_code == 0
     for bad in ("-1", "ten", "1.5", "", "\u0663"):  # an Arabic-Indic three
-        for command in ("set", "add"):
-            name = "acme" if command == "set" else "other"
-            result = cli("partner", command, name, "--quota", bad)
-            assert result.exit_code == 2, (command, bad)
+        for verb in ("set", "add"):
+            name = "acme" if verb == "set" else "other"
+            result = cli("partner", verb, name, "--quota", bad)
+            assert result.exit_code == 2, (verb, bad)
             assert "neither a whole number nor 'none'" in result.output
     nothing = cli("partner", "set", "acme")
     assert nothing.exit_code == 2
@@ -446,8 +454,6 @@ def test_set_quota_of_an_unknown_partner_changes_nothing(
     engine: Engine, clock: FixedClock
 ) -> None:
     add_partner(engine, clock, "acme", SALT, quota=4)
-    from famprov.errors import NotFoundError, OperatorError
-
     with pytest.raises(NotFoundError):
         set_quota(engine, "nobody", 1)
     with pytest.raises(OperatorError):
@@ -459,10 +465,6 @@ def test_set_quota_of_an_unknown_partner_changes_nothing(
 def test_the_migration_counts_the_licenses_granted_before_it(
     engine: Engine, clock: FixedClock
 ) -> None:
-    from alembic import command
-
-    from famprov.store import migrate
-
     partner = add_partner(engine, clock, "acme", SALT)
     who = [
         fields.Person(f"{n}@example.com", f"{n}@example.com", False, "Ann", None)
