@@ -20,10 +20,12 @@ import yaml
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
+from sqlalchemy import Engine
 
 from famprov.api import openapi, protocol
 from famprov.cli import main
 from famprov.errors import MissingFieldsError, PartnerAuthError
+from famprov.partners.service import set_quota
 from support import V1_PATH, LiveServer, Partner
 
 DEFINITION = openapi.definition()
@@ -146,7 +148,11 @@ def test_yaml_json_and_the_command_are_one_document(server: LiveServer) -> None:
 
 @pytest.mark.parametrize("path", OPERATIONS)
 def test_answers_beyond_the_generator_match_the_definition(
-    server: LiveServer, partner: Partner, path: str, monkeypatch: pytest.MonkeyPatch
+    server: LiveServer,
+    partner: Partner,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: Engine,
 ) -> None:
     url = server.url + path
     valid = partner.params(transaction_id="beyond-1")
@@ -169,8 +175,10 @@ def test_answers_beyond_the_generator_match_the_definition(
     get(str(httpx.QueryParams(valid).remove("first_name")) + "&first_name=%FF")
     get({**valid, "hash": "0" * 64})
     get({**valid, "transaction_id": "t" * 9000})  # a URI over 8 KiB
+    set_quota(engine, partner.name, 1)
+    get(partner.params(transaction_id="beyond-3", email="bea@example.com"))
     assert [status for status, _, _ in answers] == [
-        200, 200, 409, 409, 400, 400, 400, 400, 401, 414,
+        200, 200, 409, 409, 400, 400, 400, 400, 401, 414, 403,
     ]  # fmt: skip
     assert answers[0][1] == answers[1][1]
     for status, body, headers in answers:

@@ -305,6 +305,28 @@ def partner() -> None:
     """Add, list and disable partners."""
 
 
+NO_LIMIT = "none"
+
+
+def parse_limit(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> int | str | None:
+    """An option's ``N|none``: a whole number from 0, or `NO_LIMIT`."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text == NO_LIMIT:
+        return NO_LIMIT
+    if not (text.isascii() and text.isdigit()):
+        raise click.BadParameter(f"{value!r} is neither a whole number nor 'none'")
+    return int(text)
+
+
+def limit(value: int | str | None) -> int | None:
+    """What `parse_limit` read, as the store keeps it: None for no limit."""
+    return value if isinstance(value, int) else None
+
+
 @partner.command("add")
 @click.argument("name")
 @click.option("--salt", help="Use this salt instead of a generated one.")
@@ -313,14 +335,24 @@ def partner() -> None:
     type=click.File("r", encoding="utf-8"),
     help="Read the salt from a file (its trailing newline is dropped).",
 )
-def partner_add(name: str, salt: str | None, salt_file: Any) -> None:
+@click.option(
+    "--quota",
+    metavar="N|none",
+    callback=parse_limit,
+    help="The most licenses the partner may be granted [default: none, no cap].",
+)
+def partner_add(
+    name: str, salt: str | None, salt_file: Any, quota: int | str | None
+) -> None:
     """Add a partner; prints its salt once when famprov generates it."""
     if salt is not None and salt_file is not None:
         fail("give --salt or --salt-file, not both", 2)
     given = salt if salt is not None else read_salt(salt_file) if salt_file else None
     _, engine, keyring = keyed_store()
     chosen = given if given is not None else partners.generate_salt()
-    partners.add_partner(engine, keyring, SystemClock(), name, chosen)
+    partners.add_partner(
+        engine, keyring, SystemClock(), name, chosen, quota=limit(quota)
+    )
     click.echo(f"partner {name} added")
     if given is None:
         click.echo(f"salt: {chosen}")
@@ -335,10 +367,37 @@ def read_salt(source: Any) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
+@partner.command("set")
+@click.argument("name")
+@click.option(
+    "--quota",
+    metavar="N|none",
+    callback=parse_limit,
+    help="Cap the partner's licenses at N, those granted so far included; "
+    "'none' lifts the cap.",
+)
+def partner_set(name: str, quota: int | str | None) -> None:
+    """Change a partner's limits."""
+    if quota is None:
+        fail("give a limit to change: --quota", 2)
+    _, engine = store()
+    summary = partners.set_quota(engine, name, limit(quota))
+    click.echo(f"partner {name}: {describe_quota(summary)}")
+
+
+def describe_quota(summary: partners.PartnerSummary) -> str:
+    if summary.quota is None:
+        return f"no quota, {summary.licenses} license(s) granted"
+    return (
+        f"quota {summary.quota}, {summary.licenses} license(s) granted, "
+        f"{summary.remaining} remaining"
+    )
+
+
 @partner.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def partner_list(as_json: bool) -> None:
-    """List partners and how many licenses each has granted."""
+    """List partners, the licenses each was granted and what its quota leaves."""
     _, engine = store()
     rows = partners.list_partners(engine)
     if as_json:
@@ -349,6 +408,8 @@ def partner_list(as_json: bool) -> None:
                     "enabled": p.enabled,
                     "created_at": p.created_at.isoformat(),
                     "licenses": p.licenses,
+                    "quota": p.quota,
+                    "remaining": p.remaining,
                     "previous_salt_until": overlap_end(p),
                 }
                 for p in rows
@@ -356,12 +417,22 @@ def partner_list(as_json: bool) -> None:
         )
         return
     table(
-        ["partner", "enabled", "licenses", "created (UTC)", "previous salt until"],
+        [
+            "partner",
+            "enabled",
+            "licenses",
+            "quota",
+            "remaining",
+            "created (UTC)",
+            "previous salt until",
+        ],
         [
             [
                 p.name,
                 "yes" if p.enabled else "no",
                 str(p.licenses),
+                "none" if p.quota is None else str(p.quota),
+                "" if p.remaining is None else str(p.remaining),
                 p.created_at.isoformat(timespec="seconds"),
                 overlap_end(p) or "",
             ]

@@ -49,8 +49,8 @@ class FamprovApp(Starlette):
 
     Every grant takes this path, and Starlette's middleware stack and router
     cost more per request than the endpoint's own work; the endpoint still
-    runs inside the request log (request id, log line, metrics, the 414 cap
-    and the JSON 500). Every other path goes through Starlette as usual.
+    runs inside the request log (request id, log line, metrics and the JSON
+    500). Every other path goes through Starlette as usual.
     """
 
     def __init__(self, *, partner_api: ASGIApp, **kwargs: Any) -> None:

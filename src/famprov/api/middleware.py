@@ -19,11 +19,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from famprov import logs
-from famprov.api.errors import HTTP_MESSAGES, failure
+from famprov.api.errors import failure
 from famprov.api.metrics import Metrics
 from famprov.logs import log
 
-MAX_URI_BYTES = 8192
 _SECRET_PATH_PREFIXES = ("/invite/",)
 
 
@@ -76,11 +75,7 @@ class RequestLogMiddleware:
             await send(message)
 
         try:
-            if len(scope["raw_path"]) + len(scope["query_string"]) > MAX_URI_BYTES:
-                state["outcome"] = "uri_too_long"
-                await failure(414, HTTP_MESSAGES[414])(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except Exception as exc:
             # Only the type and the place: the message of a database error
             # can hold the statement's values, emails and tokens among them.

@@ -3,12 +3,19 @@ three changes.
 
 - A request too malformed to reach the app is still answered in the API's
   JSON shape.
-- The head of a request (request line and headers) is capped. httptools
-  gathers a header whole before handing it on, however long it grows, so
-  without a cap one caller can make the server hold gigabytes.
+- The head of a request (request line and headers) is capped: the request
+  target at `MAX_URI_BYTES` (414), each header field at `MAX_FIELD_BYTES`,
+  the number of fields at `MAX_FIELDS` and the whole head at
+  `MAX_HEAD_BYTES` (431). httptools gathers a header whole before handing it
+  on, however long it grows, so without a cap one caller can make the
+  server hold gigabytes. Each refusal is a JSON answer, and the connection
+  is closed: the rest of what it sends is never read.
 - The head must arrive in time (`HEAD_SECONDS`): a connection that opens and
   says nothing, or sends its head a byte at a time, is dropped (with a JSON
   408 if it had begun), so one caller cannot hold many connections open.
+
+These answers are written before the app sees the request, so they carry no
+request id; each is logged as ``request_refused`` with its outcome.
 """
 
 from __future__ import annotations
@@ -16,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from famprov.api.errors import HTTP_MESSAGES, failure_body
 from famprov.logs import log
 
-MAX_HEAD_BYTES = 64 * 1024
+MAX_URI_BYTES = 8 * 1024  # the request target: path and query, as sent
+MAX_FIELD_BYTES = 8 * 1024  # one header field: its name and its value
+MAX_FIELDS = 100
+MAX_HEAD_BYTES = 64 * 1024  # the request line and every header, as sent
 # A connection must send a whole request head this soon after it opens or
 # its request begins; otherwise one client could hold connections open at no
 # cost to itself. Keep-alive connections between requests are uvicorn's
@@ -42,17 +52,27 @@ def _answer(status: bytes, message: str) -> bytes:
 
 
 MALFORMED = _answer(b"400 Bad Request", "Invalid request - Malformed HTTP request")
+URI_TOO_LONG = _answer(b"414 URI Too Long", HTTP_MESSAGES[414])
 HEAD_TOO_LARGE = _answer(b"431 Request Header Fields Too Large", HTTP_MESSAGES[431])
 HEAD_TOO_SLOW = _answer(b"408 Request Timeout", HTTP_MESSAGES[408])
+
+
+class _RefusedError(Exception):
+    """Raised in a parser callback to stop the parser; the answer waits in
+    the protocol's ``_refusal``."""
 
 
 class JsonErrorsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Bytes are counted against MAX_HEAD_BYTES from the connection's
+        # start or the end of the previous request until a head is whole.
+        self._counting = True
         self._head_bytes = 0
         self._in_head = True
         self._head_started = time.monotonic()
         self._request_begun = False
+        self._refusal: tuple[bytes, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,23 +80,53 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         _HeadWatch.of(self.loop).watch(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
+        if self._counting:
+            room = MAX_HEAD_BYTES - self._head_bytes
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(HEAD_TOO_LARGE, "head_too_large")
-                return
+            if len(data) > room:
+                # The parser sees the head up to the cap: a request target
+                # over its own limit in there is a 414, not a 431, and a head
+                # that ends in there is served, with what follows.
+                super().data_received(data[:room])
+                if self._counting:
+                    self._refuse(HEAD_TOO_LARGE, "head_too_large")
+                    return
+                data = data[room:]
+        # TODO: bytes of a pipelined request that arrive in the same read as
+        # the end of the request before it are not counted against its head:
+        # one read's worth (up to 256 KiB) beyond MAX_HEAD_BYTES for such a
+        # request. Counting them needs the parser's position, which httptools
+        # does not tell.
         super().data_received(data)
 
     def on_message_begin(self) -> None:
-        self._head_bytes = 0
         self._in_head = True
         self._head_started = time.monotonic()
         self._request_begun = True
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > MAX_URI_BYTES:
+            self._stop(URI_TOO_LONG, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_FIELD_BYTES:
+            self._stop(HEAD_TOO_LARGE, "header_too_large")
+        if len(self.headers) >= MAX_FIELDS:
+            self._stop(HEAD_TOO_LARGE, "too_many_headers")
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        self._counting = False
         self._in_head = False
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        # What comes next is the next request's head.
+        self._counting = True
+        self._head_bytes = 0
+        super().on_message_complete()
 
     def head_overdue(self, now: float) -> bool:
         """Connected, or begun a request, and no whole head for too long."""
@@ -93,9 +143,19 @@ class JsonErrorsProtocol(HttpToolsProtocol):
             self.transport.close()  # never said a word: nobody to answer
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(MALFORMED, "malformed")
+        # uvicorn's answer to a parser error, a stop of ours included.
+        self._refuse(*(self._refusal or (MALFORMED, "malformed")))
+
+    def _stop(self, answer: bytes, outcome: str) -> NoReturn:
+        """Refuse the request from inside a parser callback: the exception
+        ends the parser's run before it hands the request on, and reaches
+        `send_400_response` as a parser error."""
+        self._refusal = (answer, outcome)
+        raise _RefusedError(outcome)
 
     def _refuse(self, answer: bytes, outcome: str) -> None:
+        if self.transport.is_closing():
+            return  # answered already
         log.info("request_refused", outcome=outcome)
         self.transport.write(answer)
         self.transport.close()

@@ -6,17 +6,23 @@
 2. partner known and enabled, hash verifies             401
 3. field syntax, lengths, characters                    400
 4. idempotency and conflicts (in the write)             409
+5. the partner's license quota (in the write)           403
 
-Step 4 runs inside the batching writer's transaction (`record`, in the
-writer process: see `famprov.store.writer`), where the license row and its
-invitation's outbox row are written together: if one is on disk, so is the
-other, and no caller hears 200 before the commit. Jobs and outcomes cross to
-and from that process as the plain tuples of `encode_job` and
+Steps 4 and 5 run inside the batching writer's transaction (`record`, in
+the writer process: see `famprov.store.writer`), where the license row and
+its invitation's outbox row are written together: if one is on disk, so is
+the other, and no caller hears 200 before the commit. Jobs and outcomes
+cross to and from that process as the plain tuples of `encode_job` and
 `encode_outcome`.
 
 Vault tokens are stored as a digest and sealed (`famprov.keys`): the writer
 seals each new token and opens a replay's, a couple of microseconds each,
 with the keyring it is handed over its socket at start.
+
+The quota counts every license a partner was granted, revoked and expired
+ones included: `partners.licenses_used`, raised in the transaction that
+inserts the licenses, by a statement that also checks the cap (see
+`_count_licenses`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +44,7 @@ from famprov.clock import Clock
 from famprov.errors import (
     ExistingLicenseError,
     FamprovError,
+    QuotaExceededError,
     TransactionConflictError,
 )
 from famprov.keys import Keyring, token_context, token_digest
@@ -46,7 +53,7 @@ from famprov.licenses.plans import CATALOGUE, DEFAULT_PLAN, Plan
 from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
 from famprov.store.raw import RawSQL, json_list
-from famprov.store.writer import BatchWriter
+from famprov.store.writer import BatchWriter, StaleReadError
 
 INVITED, ACTIVE, EXPIRED, REVOKED = "invited", "active", "expired", "revoked"
 LIVE = (INVITED, ACTIVE)
@@ -156,7 +163,8 @@ def record(
 
     Runs in the writer's transaction, and answers the jobs in order as if
     each had come alone: a replay or a conflict with a grant earlier in the
-    same batch is seen as one. A refused job writes nothing.
+    same batch is seen as one, and a partner's quota runs out at the same
+    job as it would one grant at a time. A refused job writes nothing.
     """
     sql = RawSQL(conn)
     terms = _Terms(sql, now)
@@ -178,7 +186,29 @@ def record(
         )
     if created:
         _insert(sql, created, terms, keyring)
+        _count_licenses(sql, Counter(job.partner_id for job, _ in created))
     return outcomes
+
+
+def _count_licenses(sql: RawSQL, granted: Counter[int]) -> None:
+    """Add the batch's new licenses to each partner's count, within its quota.
+
+    The batch was decided on the count as read at its start. Another writer
+    (a second writer process, another host) may have granted since, or the
+    operator lowered the quota: then the cap no longer holds the batch, the
+    statement changes nothing, and the batch is written again from a fresh
+    read (`StaleReadError`). The statement runs last, so the partner's row
+    stays locked only while the batch commits; partners go in the order of
+    their ids, so that two batches never wait for each other's rows.
+    """
+    for partner_id, count in sorted(granted.items()):
+        counted = sql.execute(
+            "UPDATE partners SET licenses_used = licenses_used + ? WHERE id = ? "
+            "AND (license_quota IS NULL OR licenses_used + ? <= license_quota)",
+            (count, partner_id, count),
+        ).rowcount
+        if counted != 1:
+            raise StaleReadError("a partner's license count changed")
 
 
 # What crosses between the serving process and its writer process: plain
@@ -226,6 +256,8 @@ def encode_outcome(outcome: Grant | FamprovError) -> tuple[Any, ...]:
         return ("existing", outcome.order_number)
     if isinstance(outcome, TransactionConflictError):
         return ("conflict",)
+    if isinstance(outcome, QuotaExceededError):
+        return ("quota",)
     raise TypeError(f"no wire form for {type(outcome).__name__}")
 
 
@@ -238,6 +270,8 @@ def decode_outcome(values: tuple[Any, ...]) -> Grant:
         raise ExistingLicenseError(values[1])
     if kind == "conflict":
         raise TransactionConflictError()
+    if kind == "quota":
+        raise QuotaExceededError()
     raise ValueError(f"unknown outcome {kind!r}")
 
 
@@ -281,6 +315,8 @@ class _Known:
 
     earlier: dict[tuple[int, str], _Earlier]
     holders: dict[tuple[int, str], _Holder]
+    # Licenses each partner may still be granted; None for no quota.
+    room: dict[int, int | None]
     identities: Iterator[tuple[str, str]]
 
     @classmethod
@@ -291,7 +327,7 @@ class _Known:
         identities: Iterator[tuple[str, str]],
         keyring: Keyring,
     ) -> _Known:
-        known = cls({}, {}, identities)
+        known = cls({}, {}, {}, identities)
         by_partner: dict[int, list[GrantJob]] = defaultdict(list)
         for job in jobs:
             by_partner[job.partner_id].append(job)
@@ -303,19 +339,27 @@ class _Known:
             # another process commits in between could be missed by its
             # transaction id yet seen as the person's live license, and a
             # replay would be refused as a second grant. Each half keeps to
-            # its own unique index.
+            # its own unique index. The partner's quota and count come along,
+            # in a row of their own with its license columns empty (first,
+            # so that PostgreSQL takes the columns' types from the licenses).
             columns = (
                 "id, transaction_id, live_email_key, order_number, sealed_vault_token, "
                 "email_key, first_name, last_name, expires_at"
             )
             for row in sql.execute(
-                f"SELECT {columns} FROM licenses WHERE partner_id = ? "  # noqa: S608 - the tests hold placeholders only
+                f"SELECT {_NO_LICENSE}, license_quota, licenses_used FROM partners "  # noqa: S608 - the tests hold placeholders only
+                "WHERE id = ? UNION ALL "
+                f"SELECT {columns}, NULL, NULL FROM licenses WHERE partner_id = ? "
                 f"AND transaction_id {by_txid.test} UNION ALL "
-                f"SELECT {columns} FROM licenses WHERE partner_id = ? "
+                f"SELECT {columns}, NULL, NULL FROM licenses WHERE partner_id = ? "
                 f"AND live_email_key {by_key.test}",
-                (partner_id, *by_txid.params, partner_id, *by_key.params),
+                (partner_id, partner_id, *by_txid.params, partner_id, *by_key.params),
             ):
                 license_id, txid, live_key, order, sealed, key, first, last = row[:8]
+                if license_id is None:
+                    quota, used = row[9:]
+                    known.room[partner_id] = None if quota is None else quota - used
+                    continue
                 if txid in txids:
                     # A replay answers with the same vault URL: its token,
                     # opened (a conflict's too; they are rare).
@@ -342,9 +386,16 @@ class _Known:
 
         holder_key = (job.partner_id, person.email_key)
         holder = self.holders.get(holder_key)
+        if holder is not None and holder.expires_at > terms.now:
+            return ExistingLicenseError(holder.order_number)
+
+        room = self.room.get(job.partner_id)
+        if room is not None:
+            if room <= 0:
+                return QuotaExceededError()
+            self.room[job.partner_id] = room - 1
+
         if holder is not None:
-            if holder.expires_at > terms.now:
-                return ExistingLicenseError(holder.order_number)
             assert holder.license_id is not None  # one of ours has not expired
             expired.append(holder.license_id)
 
@@ -357,6 +408,9 @@ class _Known:
         )
         return grant
 
+
+# The license columns of the read, empty on the partner's row.
+_NO_LICENSE = ", ".join(["NULL"] * 9)
 
 _LICENSE_COLUMNS = (
     "order_number, partner_id, transaction_id, email, email_key, live_email_key, "

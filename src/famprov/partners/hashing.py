@@ -17,9 +17,11 @@ _HEX = re.compile(f"[0-9a-fA-F]{{{HASH_HEX_LENGTH}}}")
 
 # Verified against in place of a salt the partner lacks: of an unknown or
 # disabled partner, and the previous salt of one outside a rotation's
-# overlap. Every request computes two hashes, whoever it names.
-_DUMMY_SALT = "famprov-no-such-partner-0000000000000000"
-_DUMMY_PREVIOUS_SALT = "famprov-no-previous-salt-000000000000000"
+# overlap. Every request computes two hashes, whoever it names. Each is as
+# long as the salts famprov generates (43 characters), so that it hashes as
+# many blocks.
+_DUMMY_SALT = "famprov-no-such-partner-0000000000000000000"
+_DUMMY_PREVIOUS_SALT = "famprov-no-previous-salt-000000000000000000"
 
 
 def compute_hash(email: str, salt: str) -> str:

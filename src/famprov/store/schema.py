@@ -66,6 +66,11 @@ partners = Table(
     # beside the current one; both NULL outside an overlap.
     Column("sealed_previous_salt", Text),
     Column("previous_salt_until", UTCDateTime),
+    # The most licenses the partner may be granted, NULL for no cap; and how
+    # many it was granted (revoked and expired ones included), counted by
+    # the writer in the transaction that inserts them.
+    Column("license_quota", Integer),
+    Column("licenses_used", Integer, nullable=False, default=0, server_default="0"),
 )
 
 licenses = Table(

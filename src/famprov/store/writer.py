@@ -63,6 +63,12 @@ class WriterFailedError(RuntimeError):
     """The writer could not write the job: a database error, not a refusal."""
 
 
+class StaleReadError(RuntimeError):
+    """Raised by a batch's function when a row it read was changed by another
+    writer before it could write: the batch is rolled back and written again,
+    from a fresh read."""
+
+
 def frame(message: Any) -> bytes:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return len(payload).to_bytes(HEADER, "big") + payload

@@ -5,10 +5,11 @@ input. It reads its settings (the store's URL, the factory of the function
 to apply and its argument, the log settings) as the first message, answers
 ``ready`` once the store answers, then for each batch: applies the function
 in one transaction, commits, and sends back one outcome per job. A job's
-domain refusal is an outcome like any other; a database error rolls the
-batch back and each job is then written in a transaction of its own, so
-that one bad job never fails its neighbours. It leaves when its socket
-closes.
+domain refusal is an outcome like any other. A batch that read a row another
+writer changed before it wrote (`StaleReadError`) is written again from a
+fresh read; a database error rolls the batch back and each job is then
+written in a transaction of its own, so that one bad job never fails its
+neighbours. It leaves when its socket closes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from famprov import logs
 from famprov.logs import log
 from famprov.store import WRITE, is_reachable, open_engine
 from famprov.store.checkpoint import Checkpointer, prepare_writer
-from famprov.store.writer import HEADER, frame
+from famprov.store.writer import HEADER, StaleReadError, frame
 
 Apply = Callable[[Connection, Sequence[Any], datetime], list[Any]]
 RETRIES = 3
@@ -101,20 +102,29 @@ class _Writer:
         self._apply = apply
         self._conn: Connection | None = None
         driver = engine.dialect.loaded_dbapi
-        self._integrity_errors = (IntegrityError, driver.IntegrityError)
+        self._lost_races = (IntegrityError, driver.IntegrityError, StaleReadError)
 
     def write(self, jobs: Sequence[Any], now: datetime) -> list[Any]:
-        try:
-            conn = self._connection()
-            with conn.begin():
-                outcomes = self._apply(conn, jobs, now)
-        except Exception as exc:
-            self.close()
-            log.warning(
-                "writer_batch_failed", batch=len(jobs), error=type(exc).__name__
-            )
-            return [self._write_alone(job, now) for job in jobs]
-        return [("ok", outcome) for outcome in outcomes]
+        for attempt in range(RETRIES + 1):
+            try:
+                conn = self._connection()
+                with conn.begin():
+                    outcomes = self._apply(conn, jobs, now)
+            except StaleReadError:
+                # Another writer moved first (a partner's quota counter):
+                # the whole batch again, from a fresh read.
+                if attempt < RETRIES:
+                    continue
+                log.warning("writer_batch_stale", batch=len(jobs))
+            except Exception as exc:
+                self.close()
+                log.warning(
+                    "writer_batch_failed", batch=len(jobs), error=type(exc).__name__
+                )
+            else:
+                return [("ok", outcome) for outcome in outcomes]
+            break
+        return [self._write_alone(job, now) for job in jobs]
 
     def _write_alone(self, job: Any, now: datetime) -> Any:
         """Write one job in its own transaction, retrying lost races."""
@@ -123,9 +133,10 @@ class _Writer:
                 conn = self._connection()
                 with conn.begin():
                     [outcome] = self._apply(conn, [job], now)
-            except self._integrity_errors as exc:
-                # A unique key taken by another writer between our read and
-                # our insert: read again, and the job sees the winner's row.
+            except self._lost_races as exc:
+                # A unique key taken, or a row changed, by another writer
+                # between our read and our write: read again, and the job
+                # sees the winner's rows.
                 if attempt < RETRIES:
                     continue
                 return ("failed", type(exc).__name__)
