@@ -70,6 +70,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
+# The suite sends wrong hashes on purpose, thousands of them (schemathesis,
+# Hypothesis): the limits on failed authentications are off unless a test
+# turns them on (`test_limits.py`). The partner rate keeps its default.
+NO_FAILURE_LIMITS = {
+    "failed_auth_rate_per_address": "unlimited",
+    "failed_auth_rate_per_name": "unlimited",
+}
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
@@ -78,6 +87,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         public_url="http://famprov.test",
         partner_cache_seconds=0,
         delivery_poll_seconds=0.05,
+        **NO_FAILURE_LIMITS,
     )
 
 
@@ -93,6 +103,7 @@ def env(
         "FAMPROV_PUBLIC_URL": settings.public_url,
         "FAMPROV_PARTNER_CACHE_SECONDS": "0",
         "FAMPROV_DELIVERY_POLL_SECONDS": "0.05",
+        **{f"FAMPROV_{key.upper()}": value for key, value in NO_FAILURE_LIMITS.items()},
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

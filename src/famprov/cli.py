@@ -291,6 +291,12 @@ def partner() -> None:
     """Add, list and disable partners."""
 
 
+RATE_HELP = (
+    "The partner's request rate, N/PERIOD (600/min, 20/s, 5000/h, 1000/d) or "
+    "unlimited; default: the server's FAMPROV_PARTNER_RATE."
+)
+
+
 @partner.command("add")
 @click.argument("name")
 @click.option("--salt", help="Use this salt instead of a generated one.")
@@ -299,14 +305,15 @@ def partner() -> None:
     type=click.File("r", encoding="utf-8"),
     help="Read the salt from a file (its trailing newline is dropped).",
 )
-def partner_add(name: str, salt: str | None, salt_file: Any) -> None:
+@click.option("--rate", metavar="N/PERIOD", help=RATE_HELP)
+def partner_add(name: str, salt: str | None, salt_file: Any, rate: str | None) -> None:
     """Add a partner; prints its salt once when famprov generates it."""
     if salt is not None and salt_file is not None:
         fail("give --salt or --salt-file, not both", 2)
     given = salt if salt is not None else read_salt(salt_file) if salt_file else None
     _, engine = store()
     chosen = given if given is not None else partners.generate_salt()
-    partners.add_partner(engine, SystemClock(), name, chosen)
+    partners.add_partner(engine, SystemClock(), name, chosen, rate_limit=rate)
     click.echo(f"partner {name} added")
     if given is None:
         click.echo(f"salt: {chosen}")
@@ -321,11 +328,37 @@ def read_salt(source: Any) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
+@partner.command("set")
+@click.argument("name")
+@click.option(
+    "--rate",
+    metavar="N/PERIOD",
+    help="The partner's request rate, N/PERIOD or unlimited; default: back to "
+    "the server's FAMPROV_PARTNER_RATE.",
+)
+def partner_set(name: str, rate: str | None) -> None:
+    """Change a partner's settings; each option changes one, the rest stay."""
+    if rate is None:
+        fail("give at least one setting to change: --rate", 2)
+    settings, engine = store()
+    wanted = None if rate.strip().lower() == "default" else rate
+    stored = partners.set_rate_limit(engine, name, wanted)
+    click.echo(f"partner {name}: rate {shown_rate(stored, settings)}")
+
+
+def shown_rate(stored: str | None, settings: Settings) -> str:
+    """A partner's rate as `partner list` shows it: its own, or the default."""
+    if stored is None:
+        return f"{settings.partner_rate} (default)"
+    return stored
+
+
 @partner.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def partner_list(as_json: bool) -> None:
-    """List partners and how many licenses each has granted."""
-    _, engine = store()
+    """List partners, their request rates and how many licenses each has
+    granted."""
+    settings, engine = store()
     rows = partners.list_partners(engine)
     if as_json:
         echo_json(
@@ -335,18 +368,21 @@ def partner_list(as_json: bool) -> None:
                     "enabled": p.enabled,
                     "created_at": p.created_at.isoformat(),
                     "licenses": p.licenses,
+                    "rate_limit": p.rate_limit or settings.partner_rate,
+                    "rate_limit_is_default": p.rate_limit is None,
                 }
                 for p in rows
             ]
         )
         return
     table(
-        ["partner", "enabled", "licenses", "created (UTC)"],
+        ["partner", "enabled", "licenses", "rate", "created (UTC)"],
         [
             [
                 p.name,
                 "yes" if p.enabled else "no",
                 str(p.licenses),
+                shown_rate(p.rate_limit, settings),
                 p.created_at.isoformat(timespec="seconds"),
             ]
             for p in rows

@@ -18,6 +18,7 @@ from famprov.logs import Secret
 from famprov.partners.hashing import verify_hash
 from famprov.store import WRITE
 from famprov.store.schema import licenses, partners
+from famprov.throttle.rates import Rate, RateError, describe
 
 # Only characters that a client concatenating an unencoded URL can send.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?")
@@ -33,6 +34,8 @@ class Partner:
     salt: Secret
     enabled: bool
     created_at: datetime
+    # As the operator wrote it; None follows the server's default.
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class PartnerSummary:
     enabled: bool
     created_at: datetime
     licenses: int
+    rate_limit: str | None = None
 
 
 def generate_salt() -> str:
@@ -74,9 +78,27 @@ def check_salt(salt: str) -> str:
     return salt
 
 
-def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
+def check_rate(text: str) -> str:
+    """The rate as it is stored: ``N/PERIOD`` written the one way, or
+    ``unlimited``."""
+    try:
+        return describe(Rate.parse(text))
+    except RateError as exc:
+        raise OperatorError(str(exc)) from None
+
+
+def add_partner(
+    engine: Engine,
+    clock: Clock,
+    name: str,
+    salt: str,
+    *,
+    rate_limit: str | None = None,
+) -> Partner:
     check_name(name)
     check_salt(salt)
+    if rate_limit is not None:
+        rate_limit = check_rate(rate_limit)
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         taken = conn.execute(
             select(partners.c.name).where(func.lower(partners.c.name) == name.lower())
@@ -87,10 +109,16 @@ def add_partner(engine: Engine, clock: Clock, name: str, salt: str) -> Partner:
             raise OperatorError(f"partner {taken!r} already exists")
         now = clock.now()
         row_id = conn.execute(
-            insert(partners).values(name=name, salt=salt, enabled=True, created_at=now)
+            insert(partners).values(
+                name=name,
+                salt=salt,
+                enabled=True,
+                created_at=now,
+                rate_limit=rate_limit,
+            )
         ).inserted_primary_key
         assert row_id is not None
-    return Partner(row_id[0], name, Secret(salt), True, now)
+    return Partner(row_id[0], name, Secret(salt), True, now, rate_limit)
 
 
 def set_enabled(engine: Engine, clock: Clock, name: str, enabled: bool) -> None:
@@ -102,6 +130,22 @@ def set_enabled(engine: Engine, clock: Clock, name: str, enabled: bool) -> None:
         )
         if result.rowcount == 0:
             raise NotFoundError(f"no partner named {name!r}")
+
+
+def set_rate_limit(engine: Engine, name: str, rate_limit: str | None) -> str | None:
+    """Give a partner its own request rate, None for the server's default;
+    return it as stored."""
+    if rate_limit is not None:
+        rate_limit = check_rate(rate_limit)
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        result = conn.execute(
+            update(partners)
+            .where(partners.c.name == name)
+            .values(rate_limit=rate_limit)
+        )
+        if result.rowcount == 0:
+            raise NotFoundError(f"no partner named {name!r}")
+    return rate_limit
 
 
 def list_partners(engine: Engine) -> Sequence[PartnerSummary]:
@@ -117,7 +161,7 @@ def list_partners(engine: Engine) -> Sequence[PartnerSummary]:
     )
     with engine.connect() as conn:
         return [
-            PartnerSummary(row.name, row.enabled, row.created_at, row.n)
+            PartnerSummary(row.name, row.enabled, row.created_at, row.n, row.rate_limit)
             for row in conn.execute(query)
         ]
 
@@ -136,7 +180,14 @@ def _find(conn: Connection, name: str) -> Partner | None:
     row = conn.execute(select(partners).where(partners.c.name == name)).first()
     if row is None:
         return None
-    return Partner(row.id, row.name, Secret(row.salt), row.enabled, row.created_at)
+    return Partner(
+        row.id,
+        row.name,
+        Secret(row.salt),
+        row.enabled,
+        row.created_at,
+        row.rate_limit,
+    )
 
 
 class PartnerDirectory:

@@ -62,6 +62,9 @@ partners = Table(
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime),
+    # The partner's request rate as the operator wrote it ("600/min",
+    # "unlimited"); NULL follows the server's default (FAMPROV_PARTNER_RATE).
+    Column("rate_limit", String(32)),
 )
 
 licenses = Table(
