@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, text
 
 from famprov import logs
@@ -31,6 +32,7 @@ pytest_plugins = ["browser"]
 POSTGRES_URL = os.environ.get(
     "FAMPROV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("FAMPROV_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,6 +56,37 @@ def postgres() -> Iterator[Engine]:
         pytest.skip(reason)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The test Redis's URL; skipped when it does not answer, except under CI."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis unreachable at {REDIS_URL}: {type(exc).__name__}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix of the test's own in the test Redis; its keys are
+    deleted afterwards."""
+    prefix = f"famprov-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_server)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

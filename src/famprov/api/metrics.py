@@ -106,8 +106,15 @@ class ThrottleCollector(Collector):
             "process counted alone meanwhile",
         )
         errors.add_metric([], self._throttle.store_errors)
+        keys = GaugeMetricFamily(
+            "famprov_rate_limit_keys",
+            "Keys held by this process's counts (bounded; with Redis, those "
+            "counted while it was unavailable)",
+        )
+        keys.add_metric([], self._throttle.keys)
         yield refused
         yield errors
+        yield keys
 
 
 INVITATION_PREFIX = "/invite/"

@@ -50,6 +50,10 @@ class Counters(Protocol):
 
     async def close(self) -> None: ...
 
+    def __len__(self) -> int:
+        """Keys held in this process."""
+        ...
+
     @property
     def errors(self) -> int:
         """Failures of a shared store so far; always 0 in process."""
@@ -67,11 +71,11 @@ class MemoryCounters:
 
     def __init__(
         self,
-        max_entries: int = MAX_ENTRIES,
+        max_entries: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tat: dict[str, float] = {}
-        self._max = max_entries
+        self._max = MAX_ENTRIES if max_entries is None else max_entries
         self._clock = clock
 
     def __len__(self) -> int:
@@ -192,6 +196,9 @@ class RedisCounters:
         self._down_until = 0.0
         self._failing = False
         self.errors = 0
+
+    def __len__(self) -> int:
+        return len(self._local)
 
     async def wait(self, checks: Sequence[Check]) -> tuple[Policy, float] | None:
         reply = await self._run("wait", checks)

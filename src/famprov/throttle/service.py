@@ -87,6 +87,11 @@ class Throttle:
     def store_errors(self) -> int:
         return self._counters.errors
 
+    @property
+    def keys(self) -> int:
+        """Keys the counts of this process hold (the fallback's, with Redis)."""
+        return len(self._counters)
+
     async def close(self) -> None:
         await self._counters.close()
 
