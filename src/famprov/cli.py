@@ -333,8 +333,8 @@ def read_salt(source: Any) -> str:
 @click.option(
     "--rate",
     metavar="N/PERIOD",
-    help="The partner's request rate, N/PERIOD or unlimited; default: back to "
-    "the server's FAMPROV_PARTNER_RATE.",
+    help="The partner's request rate: N/PERIOD (600/min, 20/s, 5000/h), "
+    "unlimited, or default to follow the server's FAMPROV_PARTNER_RATE.",
 )
 def partner_set(name: str, rate: str | None) -> None:
     """Change a partner's settings; each option changes one, the rest stay."""

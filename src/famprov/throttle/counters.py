@@ -18,9 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from famprov.logs import log
 from famprov.throttle.rates import Policy
 
@@ -185,6 +182,12 @@ class RedisCounters:
     """
 
     def __init__(self, url: str, prefix: str) -> None:
+        # Imported here: redis-py costs every process that loads it some
+        # 8 MB, the writer process included, and only this store needs it.
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        self._failures = (RedisError, OSError)
         self._redis = Redis.from_url(
             url,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
@@ -230,7 +233,7 @@ class RedisCounters:
             args += (_micros(policy.interval), _micros(policy.window))
         try:
             reply: list[int] = await self._gcra(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             self._down(exc)
             return None
         if self._failing:
