@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
@@ -44,7 +44,11 @@ from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
 from famprov.store.raw import RawSQL, json_list
 from famprov.store.writer import BatchWriter
-from famprov.throttle.service import Allowance, Throttle
+
+if TYPE_CHECKING:
+    # Types only: the writer process imports this module too, and needs
+    # none of the limits (nor the settings they import).
+    from famprov.throttle.service import Allowance, Throttle
 
 INVITED, ACTIVE, EXPIRED, REVOKED = "invited", "active", "expired", "revoked"
 LIVE = (INVITED, ACTIVE)

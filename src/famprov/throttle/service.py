@@ -18,13 +18,16 @@ import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from famprov import logs
-from famprov.config import Settings
 from famprov.errors import FailedAuthLimitError, PartnerRateError, RateLimitedError
 from famprov.partners.service import Partner
 from famprov.throttle.counters import Counters, MemoryCounters, RedisCounters
 from famprov.throttle.rates import Policy, Rate, RateError
+
+if TYPE_CHECKING:
+    from famprov.config import Settings
 
 PARTNER = "partner"
 FAILED_AUTH_ADDRESS = "failed-auth-address"
