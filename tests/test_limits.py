@@ -33,7 +33,7 @@ from famprov.config import Settings
 from famprov.partners.service import add_partner
 from famprov.store.schema import licenses
 from famprov.throttle import counters
-from famprov.throttle.counters import MemoryCounters, RedisCounters
+from famprov.throttle.counters import FAIL, TAKE, MemoryCounters, RedisCounters
 from famprov.throttle.rates import Policy, Rate, RateError
 from support import (
     SALT,
@@ -160,49 +160,61 @@ def test_a_rate_allows_its_burst_then_one_request_per_interval() -> None:
     clock = Tick()
     store = MemoryCounters(clock=clock)
     policy = Policy("partner", Rate(3, 30))
-    taken = [asyncio.run(store.take("k", policy)) for _ in range(3)]
-    assert [(wait, left) for wait, left, _ in taken] == [(0, 2), (0, 1), (0, 0)]
+
+    def take() -> tuple[bool, float, int, float]:
+        refused, wait, left, window = store.settle_now([], TAKE, ("k", policy))
+        return refused is None, round(wait, 6), left, round(window, 6)
+
     # Each answer's window: no more than what is left until one more fits.
-    assert [round(window, 6) for _, _, window in taken] == [10, 10, 10]
-    wait, left, window = asyncio.run(store.take("k", policy))
-    assert (round(wait, 6), left, round(window, 6)) == (10, 0, 10)
+    burst = [take() for _ in range(3)]
+    assert burst == [(True, 0, left, 10) for left in (2, 1, 0)]
+    assert take() == (False, 10, 0, 10)
     clock.now += 9.9
-    assert asyncio.run(store.take("k", policy))[0] > 0
+    assert take()[0] is False
     clock.now += 0.1
-    assert asyncio.run(store.take("k", policy))[:2] == (0, 0)
+    assert take()[:3] == (True, 0, 0)
     clock.now += 60
-    assert asyncio.run(store.take("k", policy))[:2] == (0, 2)
+    assert take()[:3] == (True, 0, 2)
 
 
-def test_failures_count_whatever_the_limit_and_at_most_one_window_ahead() -> None:
+def test_failures_lock_out_for_one_interval_after_the_burst() -> None:
     clock = Tick()
     store = MemoryCounters(clock=clock)
     policy = Policy("failed-auth-address", Rate(2, 60))
-    assert store.wait_now([("a", policy)]) is None
-    for _ in range(10):
-        store.add_now([("a", policy)])
-    refused = store.wait_now([("b", policy), ("a", policy)])
-    assert refused is not None
-    assert refused[0] is policy
-    # Ten failures weigh no more than a full window: one more fits in 30 s.
-    assert round(refused[1], 6) == 30
+    other = Policy("failed-auth-name", Rate(100, 60))
+    checks = [("a", policy), ("n", other)]
+    assert store.blocked(checks) is None
+    assert store.settle_now(checks, FAIL, None)[0] is None
+    assert store.settle_now(checks, FAIL, None)[0] is None
+    # Over: refused, and nothing more is counted, for either key.
+    refused, wait, _, _ = store.settle_now(checks, FAIL, None)
+    assert refused is policy
+    assert round(wait, 6) == 30
+    assert store.blocked([("b", policy), ("a", policy)]) == (policy, wait)
+    assert round(store._tat.times["n"] - clock.now, 6) == 1.2
+    # A partner's request is refused alike while the address is over.
+    partner = Policy("partner", Rate(10, 1))
+    assert store.settle_now(checks, TAKE, ("p", partner))[0] is policy
+    assert "p" not in store._tat.times
     clock.now += 30
-    assert store.wait_now([("a", policy)]) is None
+    assert store.blocked(checks) is None
+    assert store.settle_now(checks, TAKE, ("p", partner))[:3] == (None, 0, 9)
 
 
 def test_in_process_counts_hold_a_bounded_number_of_keys() -> None:
     clock = Tick()
     store = MemoryCounters(max_entries=1000, clock=clock)
     policy = Policy("failed-auth-name", Rate(5, 60))
-    store.add_now([("busy", policy)])
+    store.settle_now([("busy", policy)], FAIL, None)
     for n in range(60_000):
-        store.add_now([(f"sprayed-{n}", policy)])
+        store.settle_now([(f"sprayed-{n}", policy)], FAIL, None)
         if n % 500 == 0:
-            store.add_now([("busy", policy)])  # written lately: kept
+            clock.now += 12  # room for one more failure of "busy"
+            store.settle_now([("busy", policy)], FAIL, None)  # written lately: kept
         assert len(store) <= 1000
     assert len(store) == 1000
-    assert store._tat.get("busy") is not None
-    assert "sprayed-0" not in store._tat
+    assert "busy" in store._tat.times
+    assert "sprayed-0" not in store._tat.times
 
 
 # --- Through HTTP, counted in process ---------------------------------------
@@ -556,26 +568,35 @@ def shared(settings: Settings, redis_server: str, redis_prefix: str) -> Settings
 def test_redis_counts_as_the_process_does(redis_server: str, redis_prefix: str) -> None:
     policy = Policy("partner", Rate(3, 30))
     failures = Policy("failed-auth-name", Rate(2, 60))
+    checks = [("n", failures)]
 
     async def scenario() -> None:
         store = RedisCounters(redis_server, redis_prefix)
         try:
-            taken = [await store.take("k", policy) for _ in range(4)]
-            assert [(w == 0, left) for w, left, _ in taken] == [
+            taken = [await store.settle(checks, TAKE, ("k", policy)) for _ in range(4)]
+            assert [(r is None, left) for r, _, left, _ in taken] == [
                 (True, 2),
                 (True, 1),
                 (True, 0),
                 (False, 0),
             ]
-            assert 9.9 < taken[3][0] <= 10
-            for _ in range(5):
-                await store.add([("n", failures)])
-            refused = await store.wait([("other", failures), ("n", failures)])
-            assert refused is not None
-            assert refused[0] is failures
-            assert 29.5 < refused[1] <= 30
+            assert taken[3][0] is policy
+            assert 9.9 < taken[3][1] <= 10
+            assert [round(w, 3) for _, _, _, w in taken[:3]] == [10, 10, 10]
+            assert store.blocked(checks) is None
+            for _ in range(2):
+                assert (await store.settle(checks, FAIL, None))[0] is None
+            refused, wait, _, _ = await store.settle(checks, FAIL, None)
+            assert refused is failures
+            assert 29.5 < wait <= 30
+            # Known now without asking Redis, and refused before the take.
+            found = store.blocked([("other", failures), ("n", failures)])
+            assert found is not None
+            assert found[0] is failures
+            refused, _, _, _ = await store.settle(checks, TAKE, ("k2", policy))
+            assert refused is failures
             assert store.errors == 0
-            assert len(store) == 0  # nothing counted in process
+            assert len(store) == 1  # that refusal, remembered; nothing counted
         finally:
             await store.close()
 
@@ -585,6 +606,7 @@ def test_redis_counts_as_the_process_does(redis_server: str, redis_prefix: str) 
         # Each key goes when its count is back to nothing.
         assert 29_000 < client.pttl(redis_prefix + "rl:k") <= 30_000
         assert 59_000 < client.pttl(redis_prefix + "rl:n") <= 60_000
+        assert not client.exists(redis_prefix + "rl:k2")
     finally:
         client.close()
 
@@ -632,7 +654,8 @@ def test_two_servers_sharing_redis_share_the_counts(
             assert wrong(b, "ghost", "192.0.2.5").json() == FAILURES_BODY
         for server in (one, two):
             assert metric(server.url, "famprov_rate_limit_store_errors_total") == 0
-            assert metric(server.url, "famprov_rate_limit_keys") == 0
+            # The name's refusal, remembered; nothing counted in process.
+            assert metric(server.url, "famprov_rate_limit_keys") == 1
     assert count_licenses(engine) == 4
 
 

@@ -147,17 +147,17 @@ class GrantService:
         """
         raw = fields.require(params)
         throttle = self._throttle
-        await throttle.admit(client, raw.partner_name)
+        checks = throttle.admit(client, raw.partner_name)
         partner = await self._directory.get(raw.partner_name)
         try:
             email = authenticate(partner, raw.email, raw.hash)
         except PartnerAuthError:
-            await throttle.failed(client, raw.partner_name)
+            await throttle.failed(checks)
             raise
         assert partner is not None
         # From here on every log line of this request names the partner.
         logs.note(partner=partner.name)
-        allowance = await throttle.charge(partner)
+        allowance = await throttle.charge(checks, partner)
         person = fields.validate(raw, email)
         job = GrantJob(partner.id, raw.transaction_id, person, DEFAULT_PLAN)
         return await self._writer.write(job), allowance

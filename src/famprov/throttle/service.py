@@ -3,13 +3,18 @@ applies them:
 
 1. `admit`, before the partner is looked up: a client address, or a partner
    name, that has failed to authenticate too often lately is refused, right
-   hash or not, until it is under its limit again (429);
+   hash or not, until it is under its limit again (429), as far as this
+   process knows without asking Redis;
 2. `failed`, when the hash does not verify: one failure more for the
-   address and for the name as sent, whether a partner has it or not;
+   address and for the name as sent, whether a partner has it or not (or
+   the 429, if Redis says either is over its limit already);
 3. `charge`, once the partner is authenticated: one request more against
    its request rate (its own, or the operator's default), refused when over
-   (429). Only an authenticated request counts, so nobody but the partner
-   can spend its rate.
+   (429), after the same check of the failure counts. Only an authenticated
+   request counts, so nobody but the partner can spend its rate.
+
+Each of `failed` and `charge` is one step of the counts: one round trip
+with Redis.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from typing import TYPE_CHECKING
 from famprov import logs
 from famprov.errors import FailedAuthLimitError, PartnerRateError, RateLimitedError
 from famprov.partners.service import Partner
-from famprov.throttle.counters import Counters, MemoryCounters, RedisCounters
+from famprov.throttle.counters import (
+    CHECK,
+    FAIL,
+    TAKE,
+    Check,
+    Counters,
+    MemoryCounters,
+    RedisCounters,
+)
 from famprov.throttle.rates import Policy, Rate, RateError
 
 if TYPE_CHECKING:
@@ -98,33 +111,41 @@ class Throttle:
     async def close(self) -> None:
         await self._counters.close()
 
-    async def admit(self, client: str | None, name: str) -> None:
-        """Refuse a caller over a limit of failed authentications."""
+    def admit(self, client: str | None, name: str) -> list[Check]:
+        """Refuse a caller over a limit of failed authentications, as far as
+        this process knows; return the keys `failed` and `charge` take."""
         checks = self._failure_keys(client, name)
         if checks:
-            found = await self._counters.wait(checks)
+            found = self._counters.blocked(checks)
             if found is not None:
                 self._refuse(FailedAuthLimitError, *found)
+        return checks
 
-    async def failed(self, client: str | None, name: str) -> None:
+    async def failed(self, checks: list[Check]) -> None:
         """Count a failed authentication against the address and the name."""
-        checks = self._failure_keys(client, name)
         if checks:
-            await self._counters.add(checks)
+            refused, wait, _, _ = await self._counters.settle(checks, FAIL, None)
+            if refused is not None:
+                self._refuse(FailedAuthLimitError, refused, wait)
 
-    async def charge(self, partner: Partner) -> Allowance | None:
+    async def charge(self, checks: list[Check], partner: Partner) -> Allowance | None:
         """Count a request of an authenticated partner; None when unlimited."""
         policy = self._policy_of(partner.rate_limit)
         if policy is None:
+            if checks:
+                refused, wait, _, _ = await self._counters.settle(checks, CHECK, None)
+                if refused is not None:
+                    self._refuse(FailedAuthLimitError, refused, wait)
             return None
-        wait, remaining, window = await self._counters.take(
-            "partner:" + partner.name, policy
+        refused, wait, remaining, window = await self._counters.settle(
+            checks, TAKE, ("partner:" + partner.name, policy)
         )
-        if wait > 0:
-            self._refuse(PartnerRateError, policy, wait)
+        if refused is not None:
+            error = PartnerRateError if refused is policy else FailedAuthLimitError
+            self._refuse(error, refused, wait)
         return Allowance(policy, remaining, window)
 
-    def _failure_keys(self, client: str | None, name: str) -> list[tuple[str, Policy]]:
+    def _failure_keys(self, client: str | None, name: str) -> list[Check]:
         checks = []
         if self._per_address is not None:
             checks.append((address_key(client), self._per_address))
