@@ -7,6 +7,10 @@ A rate is ``N/PERIOD``: ``6000/min``, ``20/10min``, ``100/s``, ``5000/h``,
 String, with the Integer parameters ``q`` and ``w``, and ``r`` and ``t``).
 """
 
+# TODO: draft -12 (November 2026) came out after these fields were written
+# against -11 and has not been checked; a client reading -12 may expect
+# something these fields do not say.
+
 from __future__ import annotations
 
 import math
