@@ -9,6 +9,7 @@ a proxy on 127.0.0.1, as it trusts the tests' own requests.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +447,28 @@ def test_the_client_waits_as_retry_after_asks_then_succeeds(
             asyncio.run(impatient())
         assert refused.value.status == 429
         assert refused.value.message == RATE_BODY["message"]
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_waited_within_a_budget() -> None:
+    def answer(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    assert api.retry_after(answer("7")) == 7
+    later = email.utils.format_datetime(
+        datetime.now(UTC) + timedelta(seconds=30), usegmt=True
+    )
+    assert 28 <= (api.retry_after(answer(later)) or 0) <= 30
+    assert api.retry_after(answer("soon")) is None
+    assert api.retry_after(httpx.Response(429)) is None
+
+    attempts = api._Attempts(retries=0, backoff=0.5, max_rate_wait=10)
+    first = attempts.rate_wait(4)
+    assert first is not None
+    assert 4 <= first <= 4.4  # spread by up to a tenth
+    assert attempts.rate_wait(0) is not None  # at least a second, never 0
+    assert attempts.rate_wait(9) is None  # past what is left of the budget
+    # Without a Retry-After, the backoff delays; none left here.
+    assert attempts.rate_wait(None) is None
 
 
 def csv_file(tmp_path: Path, rows: int) -> Path:
