@@ -606,7 +606,8 @@ def test_redis_counts_as_the_process_does(redis_server: str, redis_prefix: str) 
             ]
             assert taken[3][0] is policy
             assert 9.9 < taken[3][1] <= 10
-            assert [round(w, 3) for _, _, _, w in taken[:3]] == [10, 10, 10]
+            # Redis's clock moves between the calls: a little under 10 s.
+            assert all(9.5 < window <= 10 for _, _, _, window in taken[:3])
             assert store.blocked(checks) is None
             for _ in range(2):
                 assert (await store.settle(checks, FAIL, None))[0] is None

@@ -108,8 +108,8 @@ class ThrottleCollector(Collector):
         errors.add_metric([], self._throttle.store_errors)
         keys = GaugeMetricFamily(
             "famprov_rate_limit_keys",
-            "Keys held by this process's counts (bounded; with Redis, those "
-            "counted while it was unavailable)",
+            "Keys held by this process's counts (bounded; with Redis, the "
+            "refusals it remembers and what it counted while Redis was down)",
         )
         keys.add_metric([], self._throttle.keys)
         yield refused

@@ -60,6 +60,8 @@ class Allowance:
 
 
 class Throttle:
+    """The limits of one serving process, over its counts."""
+
     def __init__(
         self,
         counters: Counters,
@@ -105,7 +107,8 @@ class Throttle:
 
     @property
     def keys(self) -> int:
-        """Keys the counts of this process hold (the fallback's, with Redis)."""
+        """Keys this process holds: its counts, or with Redis the refusals it
+        remembers and what it counted while Redis was unavailable."""
         return len(self._counters)
 
     async def close(self) -> None:
