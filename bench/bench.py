@@ -43,6 +43,7 @@ CONNECTIONS = 64
 THREADS = 2
 SALT = "bench-salt-0123456789abcdef"
 MAX_RATE = 25_000  # paths written per second of load: more than any run uses
+BENCH_RATE = "1000000/s"
 
 TARGETS = {"sqlite": 0.40, "postgresql": 0.25}
 P99_TARGET_MS = {"sqlite": 25.0}
@@ -181,9 +182,11 @@ def famprov_run(
         "FAMPROV_PUBLIC_URL": "http://famprov.bench",
     }
     subprocess.run([FAMPROV, "db", "upgrade"], env=env, check=True, capture_output=True)
+    # A rate far above any run's, so that the limit is checked on every
+    # grant and refuses none.
     subprocess.run(
-        [FAMPROV, "partner", "add", "bench", "--salt", SALT], env=env, check=True,
-        capture_output=True,
+        [FAMPROV, "partner", "add", "bench", "--salt", SALT, "--rate", BENCH_RATE],
+        env=env, check=True, capture_output=True,
     )  # fmt: skip
     total = warmup + seconds + long_seconds
     paths = work / f"{label}.paths"

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, text
 
 from famprov import logs
@@ -32,6 +33,7 @@ pytest_plugins = ["browser"]
 POSTGRES_URL = os.environ.get(
     "FAMPROV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("FAMPROV_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,6 +59,37 @@ def postgres() -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The test Redis's URL; skipped when it does not answer, except under CI."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis unreachable at {REDIS_URL}: {type(exc).__name__}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix of the test's own in the test Redis; its keys are
+    deleted afterwards."""
+    prefix = f"famprov-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_server)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -71,6 +104,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
+# The suite sends wrong hashes on purpose, thousands of them (schemathesis,
+# Hypothesis): the limits on failed authentications are off unless a test
+# turns them on (`test_limits.py`). The partner rate keeps its default.
+NO_FAILURE_LIMITS = {
+    "failed_auth_rate_per_address": "unlimited",
+    "failed_auth_rate_per_name": "unlimited",
+}
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     # SQLite keeps its key in the key file it makes beside the store, as
@@ -83,6 +125,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         public_url="http://famprov.test",
         partner_cache_seconds=0,
         delivery_poll_seconds=0.05,
+        **NO_FAILURE_LIMITS,
     )
 
 
@@ -98,6 +141,7 @@ def env(
         "FAMPROV_PUBLIC_URL": settings.public_url,
         "FAMPROV_PARTNER_CACHE_SECONDS": "0",
         "FAMPROV_DELIVERY_POLL_SECONDS": "0.05",
+        **{f"FAMPROV_{key.upper()}": value for key, value in NO_FAILURE_LIMITS.items()},
     }
     if settings.secret_key is not None:
         values["FAMPROV_SECRET_KEY"] = settings.secret_key.get_secret_value()

@@ -56,7 +56,7 @@ def test_the_collection_holds_every_operation_parameter_and_example(
         }
         assert item["request"]["method"] == "GET"
         codes = sorted({r["code"] for r in item["response"]})
-        assert codes == [200, 400, 401, 403, 408, 409, 414, 431, 500]
+        assert codes == [200, 400, 401, 403, 408, 409, 414, 429, 431, 500]
         bodies = [json.loads(r["body"]) for r in item["response"]]
         assert {"success": False, "message": "Invalid Hash Value - UnAuthorized"} in (
             bodies

@@ -327,6 +327,12 @@ def limit(value: int | str | None) -> int | None:
     return value if isinstance(value, int) else None
 
 
+RATE_HELP = (
+    "The partner's request rate, N/PERIOD (600/min, 20/s, 5000/h, 1000/d) or "
+    "unlimited; default: the server's FAMPROV_PARTNER_RATE."
+)
+
+
 @partner.command("add")
 @click.argument("name")
 @click.option("--salt", help="Use this salt instead of a generated one.")
@@ -341,8 +347,13 @@ def limit(value: int | str | None) -> int | None:
     callback=parse_limit,
     help="The most licenses the partner may be granted [default: none, no cap].",
 )
+@click.option("--rate", metavar="N/PERIOD", help=RATE_HELP)
 def partner_add(
-    name: str, salt: str | None, salt_file: Any, quota: int | str | None
+    name: str,
+    salt: str | None,
+    salt_file: Any,
+    quota: int | str | None,
+    rate: str | None,
 ) -> None:
     """Add a partner; prints its salt once when famprov generates it."""
     if salt is not None and salt_file is not None:
@@ -351,7 +362,13 @@ def partner_add(
     _, engine, keyring = keyed_store()
     chosen = given if given is not None else partners.generate_salt()
     partners.add_partner(
-        engine, keyring, SystemClock(), name, chosen, quota=limit(quota)
+        engine,
+        keyring,
+        SystemClock(),
+        name,
+        chosen,
+        quota=limit(quota),
+        rate_limit=rate,
     )
     click.echo(f"partner {name} added")
     if given is None:
@@ -376,13 +393,26 @@ def read_salt(source: Any) -> str:
     help="Cap the partner's licenses at N, those granted so far included; "
     "'none' lifts the cap.",
 )
-def partner_set(name: str, quota: int | str | None) -> None:
-    """Change a partner's limits."""
-    if quota is None:
-        fail("give a limit to change: --quota", 2)
-    _, engine = store()
-    summary = partners.set_quota(engine, name, limit(quota))
-    click.echo(f"partner {name}: {describe_quota(summary)}")
+@click.option(
+    "--rate",
+    metavar="N/PERIOD",
+    help="The partner's request rate: N/PERIOD (600/min, 20/s, 5000/h), "
+    "unlimited, or default to follow the server's FAMPROV_PARTNER_RATE.",
+)
+def partner_set(name: str, quota: int | str | None, rate: str | None) -> None:
+    """Change a partner's limits; each option changes one, the rest stay."""
+    if quota is None and rate is None:
+        fail("give at least one limit to change: --quota, --rate", 2)
+    settings, engine = store()
+    wanted = None if rate is None or rate.strip().lower() == "default" else rate
+    if wanted is not None:
+        partners.check_rate(wanted)  # refused before anything changes
+    if quota is not None:
+        summary = partners.set_quota(engine, name, limit(quota))
+        click.echo(f"partner {name}: {describe_quota(summary)}")
+    if rate is not None:
+        stored = partners.set_rate_limit(engine, name, wanted)
+        click.echo(f"partner {name}: rate {shown_rate(stored, settings)}")
 
 
 def describe_quota(summary: partners.PartnerSummary) -> str:
@@ -394,11 +424,19 @@ def describe_quota(summary: partners.PartnerSummary) -> str:
     )
 
 
+def shown_rate(stored: str | None, settings: Settings) -> str:
+    """A partner's rate as `partner list` shows it: its own, or the default."""
+    if stored is None:
+        return f"{settings.partner_rate} (default)"
+    return stored
+
+
 @partner.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def partner_list(as_json: bool) -> None:
-    """List partners, the licenses each was granted and what its quota leaves."""
-    _, engine = store()
+    """List partners: the licenses each was granted, what its quota leaves,
+    its request rate."""
+    settings, engine = store()
     rows = partners.list_partners(engine)
     if as_json:
         echo_json(
@@ -411,6 +449,8 @@ def partner_list(as_json: bool) -> None:
                     "quota": p.quota,
                     "remaining": p.remaining,
                     "previous_salt_until": overlap_end(p),
+                    "rate_limit": p.rate_limit or settings.partner_rate,
+                    "rate_limit_is_default": p.rate_limit is None,
                 }
                 for p in rows
             ]
@@ -423,6 +463,7 @@ def partner_list(as_json: bool) -> None:
             "licenses",
             "quota",
             "remaining",
+            "rate",
             "created (UTC)",
             "previous salt until",
         ],
@@ -433,6 +474,7 @@ def partner_list(as_json: bool) -> None:
                 str(p.licenses),
                 "none" if p.quota is None else str(p.quota),
                 "" if p.remaining is None else str(p.remaining),
+                shown_rate(p.rate_limit, settings),
                 p.created_at.isoformat(timespec="seconds"),
                 overlap_end(p) or "",
             ]

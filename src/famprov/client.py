@@ -10,13 +10,16 @@
 Every value is URL-encoded (the vendor's sample does not encode, which breaks
 emails holding ``+`` or ``&``), the hash is computed here, and timeouts,
 connection failures and 5xx answers are retried with exponential backoff:
-safe, because the transaction id makes a grant idempotent. Refusals raise a
-typed `ApiError` carrying the server's message.
+safe, because the transaction id makes a grant idempotent. A 429 is retried
+after the time its ``Retry-After`` asks for, as long as a grant's waits on
+429s stay within ``max_rate_wait`` seconds in all. Refusals raise a typed
+`ApiError` carrying the server's message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import logging
 import random
@@ -24,6 +27,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlencode
@@ -53,6 +57,10 @@ class _HideQueries(logging.Filter):
 
 logging.getLogger("httpx").addFilter(_HideQueries())
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+TOO_MANY_REQUESTS = 429
+# A crowd of clients told the same Retry-After comes back spread over this
+# share of it, not all at the same instant.
+RETRY_AFTER_SPREAD = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,11 @@ class Conflict(ApiError):  # noqa: N818
     """409: the transaction id or the person already has another grant."""
 
 
+class RateLimited(ApiError):  # noqa: N818
+    """429: over the partner's request rate, or too many failed
+    authentications, for longer than the client was allowed to wait."""
+
+
 class Unavailable(ClientError):  # noqa: N818
     """The server could not be reached, or kept failing, after every retry."""
 
@@ -99,6 +112,7 @@ _ERRORS: dict[int, type[ApiError]] = {
     401: Unauthorized,
     403: QuotaExceeded,
     409: Conflict,
+    429: RateLimited,
 }
 
 
@@ -106,13 +120,20 @@ class _Policy:
     """What one call sends and how it is retried; shared by both clients."""
 
     def __init__(
-        self, base_url: str, partner: str, salt: str, retries: int, backoff: float
+        self,
+        base_url: str,
+        partner: str,
+        salt: str,
+        retries: int,
+        backoff: float,
+        max_rate_wait: float,
     ) -> None:
         self.endpoint = f"{_base_url(base_url)}{PATH}"
         self.partner = partner
         self.salt = Secret(salt)
         self.retries = retries
         self.backoff = backoff
+        self.max_rate_wait = max_rate_wait
 
     def params(
         self, transaction_id: str, first_name: str, email: str, last_name: str | None
@@ -148,22 +169,27 @@ class _Policy:
         params = self.params(transaction_id, first_name, email, last_name)
         return f"{self.endpoint}?{urlencode(params, safe='', quote_via=quote)}"
 
-    def delays(self) -> Iterator[float]:
-        for attempt in range(self.retries):
-            yield self.backoff * 2**attempt * random.uniform(0.5, 1.5)
+    def attempts(self) -> _Attempts:
+        return _Attempts(self.retries, self.backoff, self.max_rate_wait)
 
     def settle(
-        self, answer: httpx.Response | Exception, delays: Iterator[float]
+        self, answer: httpx.Response | Exception, attempts: _Attempts
     ) -> Grant | float:
         """The grant, or how long to wait before trying again; raises a
         refusal, or `Unavailable` once the retries are spent."""
         if isinstance(answer, httpx.Response):
-            if answer.status_code not in RETRYABLE_STATUS:
+            status = answer.status_code
+            if status == TOO_MANY_REQUESTS:
+                wait = attempts.rate_wait(retry_after(answer))
+                if wait is None:
+                    return self.result(answer)  # raises RateLimited
+                return wait
+            if status not in RETRYABLE_STATUS:
                 return self.result(answer)
-            reason = f"server kept answering {answer.status_code}"
+            reason = f"server kept answering {status}"
         else:
             reason = f"server unreachable: {type(answer).__name__}"
-        delay = next(delays, None)
+        delay = next(attempts.delays, None)
         if delay is None:
             cause = answer if isinstance(answer, Exception) else None
             raise Unavailable(reason) from cause
@@ -189,6 +215,48 @@ class _Policy:
                 "(is the base URL the famprov server's?)"
             )
         raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message)
+
+
+class _Attempts:
+    """The retries one grant has left: backoff delays after failures, and a
+    budget of time to wait on 429s."""
+
+    def __init__(self, retries: int, backoff: float, max_rate_wait: float) -> None:
+        self.delays: Iterator[float] = (
+            backoff * 2**attempt * random.uniform(0.5, 1.5)
+            for attempt in range(retries)
+        )
+        self._rate_budget = max_rate_wait
+
+    def rate_wait(self, asked: float | None) -> float | None:
+        """How long to wait after a 429, or None to give up: the server's
+        Retry-After (a backoff delay when it sends none), while the budget
+        lasts."""
+        if asked is None:
+            asked = next(self.delays, None)
+            if asked is None:
+                return None
+        # At least a second: a Retry-After of 0 would make a busy loop.
+        wait = max(asked, 1.0) * random.uniform(1, 1 + RETRY_AFTER_SPREAD)
+        if wait > self._rate_budget:
+            return None
+        self._rate_budget -= wait
+        return wait
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds a ``Retry-After`` asks for (a number or an HTTP date);
+    None without a readable one."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 @functools.cache
@@ -220,9 +288,10 @@ class Client:
         timeout: float = 10.0,
         retries: int = 4,
         backoff: float = 0.5,
+        max_rate_wait: float = 300.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._policy = _Policy(base_url, partner, salt, retries, backoff)
+        self._policy = _Policy(base_url, partner, salt, retries, backoff, max_rate_wait)
         self._http = httpx.Client(
             timeout=timeout,
             transport=transport,
@@ -238,12 +307,12 @@ class Client:
         last_name: str | None = None,
     ) -> Grant:
         url = self._policy.url(transaction_id, first_name, email, last_name)
-        delays = self._policy.delays()
+        attempts = self._policy.attempts()
         while True:
             try:
-                step = self._policy.settle(self._http.get(url), delays)
+                step = self._policy.settle(self._http.get(url), attempts)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                step = self._policy.settle(exc, delays)
+                step = self._policy.settle(exc, attempts)
             if isinstance(step, Grant):
                 return step
             time.sleep(step)
@@ -275,10 +344,11 @@ class AsyncClient:
         timeout: float = 10.0,
         retries: int = 4,
         backoff: float = 0.5,
+        max_rate_wait: float = 300.0,
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._policy = _Policy(base_url, partner, salt, retries, backoff)
+        self._policy = _Policy(base_url, partner, salt, retries, backoff, max_rate_wait)
         self._http = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -298,13 +368,13 @@ class AsyncClient:
         last_name: str | None = None,
     ) -> Grant:
         url = self._policy.url(transaction_id, first_name, email, last_name)
-        delays = self._policy.delays()
+        attempts = self._policy.attempts()
         while True:
             try:
                 response = await self._http.get(url)
-                step = self._policy.settle(response, delays)
+                step = self._policy.settle(response, attempts)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                step = self._policy.settle(exc, delays)
+                step = self._policy.settle(exc, attempts)
             if isinstance(step, Grant):
                 return step
             await asyncio.sleep(step)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, make_url
 
 from famprov.keys import SecretKeyError, parse_keys
 from famprov.logs import Secret
+from famprov.throttle.rates import Rate, RateError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./famprov.db"
 DEFAULT_MAIL_URL = "file://./famprov-mail"
@@ -122,6 +123,63 @@ class Settings(BaseSettings):
         "in flight on a connection of its own; above 1 needs PostgreSQL.",
     )
 
+    partner_rate: str = Field(
+        "6000/min",
+        description="Each partner's request rate unless the operator set its "
+        "own (famprov partner set NAME --rate): N/PERIOD, e.g. 600/min, or "
+        "unlimited. A burst of N is allowed, then N per PERIOD.",
+    )
+    failed_auth_rate_per_address: str = Field(
+        "20/10min",
+        description="Failed authentications allowed from one client address "
+        "(an IPv6 one by its /64); past it, every request from there answers "
+        "429 until it is under the rate again.",
+    )
+    failed_auth_rate_per_name: str = Field(
+        "60/10min",
+        description="Failed authentications allowed for one partner name as "
+        "sent, whether a partner has it or not; past it, every request naming "
+        "it answers 429, right hash or not, until it is under the rate again.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://...: keep "
+        "the abuse limits' counts in Redis, shared by every serving process and "
+        "host; unset, each process counts alone.",
+        repr=False,
+    )
+    redis_key_prefix: str = Field(
+        "famprov:",
+        min_length=1,
+        max_length=64,
+        description="Prefix of famprov's keys in Redis.",
+    )
+
+    @field_validator(
+        "partner_rate", "failed_auth_rate_per_address", "failed_auth_rate_per_name"
+    )
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        try:
+            Rate.parse(value)
+        except RateError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (
+            parts.netloc or parts.path
+        ):
+            raise ValueError(
+                "must be redis://HOST[:PORT][/DB], rediss://... or unix:///PATH"
+            )
+        return value
+
     @field_validator("writers")
     @classmethod
     def _check_writers(cls, value: int, info: ValidationInfo) -> int:
@@ -198,6 +256,18 @@ class Settings(BaseSettings):
     @cached_property
     def database(self) -> URL:
         return make_url(self.database_url)
+
+    @property
+    def partner_rate_limit(self) -> Rate | None:
+        return Rate.parse(self.partner_rate)
+
+    @property
+    def failed_auth_rate_per_address_limit(self) -> Rate | None:
+        return Rate.parse(self.failed_auth_rate_per_address)
+
+    @property
+    def failed_auth_rate_per_name_limit(self) -> Rate | None:
+        return Rate.parse(self.failed_auth_rate_per_name)
 
     @property
     def database_display(self) -> str:

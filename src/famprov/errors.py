@@ -14,12 +14,20 @@ The ``message`` of an API-facing error is part of the wire contract.
     │   ├── TransactionConflictError     409
     │   └── ExistingLicenseError         409
     ├── QuotaExceededError               403
+    ├── RateLimitedError                 429 (with Retry-After and RateLimit fields)
+    │   ├── PartnerRateError             429
+    │   └── FailedAuthLimitError         429
     ├── NotFoundError                    404 (operator tools, unknown vault URL)
     ├── InvitationGoneError              410 (revoked or expired license's link)
     └── OperatorError                    CLI only: refused operator input
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from famprov.throttle.rates import Policy
 
 
 class FamprovError(Exception):
@@ -79,6 +87,28 @@ class ExistingLicenseError(ConflictError):
 
 class QuotaExceededError(FamprovError):
     message = "Invalid request - Partner license quota reached"
+
+
+class RateLimitedError(FamprovError):
+    """Over one of the abuse limits (`famprov.throttle`): try again later."""
+
+    def __init__(self, policy: Policy, wait: float) -> None:
+        self.policy = policy
+        self.wait = wait
+        super().__init__()
+
+
+class PartnerRateError(RateLimitedError):
+    """An authenticated partner sends faster than its request rate."""
+
+    message = "Too many requests - Partner request rate exceeded"
+
+
+class FailedAuthLimitError(RateLimitedError):
+    """The address, or the partner name as sent, failed to authenticate too
+    often lately. Known and unknown names answer alike."""
+
+    message = "Too many requests - Too many failed authentications"
 
 
 class NotFoundError(FamprovError):

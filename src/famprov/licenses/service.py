@@ -4,6 +4,7 @@
 
 1. required parameters present and not blank            400
 2. partner known and enabled, hash verifies             401
+   (the abuse limits around it, `famprov.throttle`)     429
 3. field syntax, lengths, characters                    400
 4. idempotency and conflicts (in the write)             409
 5. the partner's license quota (in the write)           403
@@ -34,7 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
@@ -44,6 +45,7 @@ from famprov.clock import Clock
 from famprov.errors import (
     ExistingLicenseError,
     FamprovError,
+    PartnerAuthError,
     QuotaExceededError,
     TransactionConflictError,
 )
@@ -54,6 +56,11 @@ from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
 from famprov.store.raw import RawSQL, json_list
 from famprov.store.writer import BatchWriter, StaleReadError
+
+if TYPE_CHECKING:
+    # Types only: the writer process imports this module too, and needs
+    # none of the limits (nor the settings they import).
+    from famprov.throttle.service import Allowance, Throttle
 
 INVITED, ACTIVE, EXPIRED, REVOKED = "invited", "active", "expired", "revoked"
 LIVE = (INVITED, ACTIVE)
@@ -115,6 +122,7 @@ class GrantService:
         keyring: Keyring,
         clock: Clock,
         *,
+        throttle: Throttle,
         batch_size: int = 256,
         writers: int = 1,
         log_format: str = "json",
@@ -123,6 +131,7 @@ class GrantService:
     ) -> None:
         self._directory = directory
         self._clock = clock
+        self._throttle = throttle
         self._writer: BatchWriter[GrantJob, Grant] = BatchWriter(
             database,
             f"{__name__}:batch_recorder",
@@ -143,17 +152,30 @@ class GrantService:
     async def stop(self) -> None:
         await self._writer.stop()
 
-    async def grant(self, params: dict[str, str]) -> Grant:
-        """Grant the person in ``params`` a license, or raise why not."""
+    async def grant(
+        self, params: dict[str, str], client: str | None = None
+    ) -> tuple[Grant, Allowance | None]:
+        """Grant the person in ``params`` a license, or raise why not.
+
+        ``client`` is the caller's address, for the limits on failed
+        authentications; the allowance is what the partner may still send.
+        """
         raw = fields.require(params)
+        throttle = self._throttle
+        checks = throttle.admit(client, raw.partner_name)
         partner = await self._directory.get(raw.partner_name)
-        email = authenticate(partner, raw.email, raw.hash, self._clock.now())
+        try:
+            email = authenticate(partner, raw.email, raw.hash, self._clock.now())
+        except PartnerAuthError:
+            await throttle.failed(checks)
+            raise
         assert partner is not None
         # From here on every log line of this request names the partner.
         logs.note(partner=partner.name)
+        allowance = await throttle.charge(checks, partner)
         person = fields.validate(raw, email)
         job = GrantJob(partner.id, raw.transaction_id, person, DEFAULT_PLAN)
-        return await self._writer.write(job)
+        return await self._writer.write(job), allowance
 
 
 def record(

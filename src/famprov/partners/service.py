@@ -19,6 +19,7 @@ from famprov.logs import Secret
 from famprov.partners.hashing import verify_hash
 from famprov.store import WRITE
 from famprov.store.schema import partners
+from famprov.throttle.rates import Rate, RateError, describe
 
 # Only characters that a client concatenating an unencoded URL can send.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?")
@@ -38,6 +39,8 @@ class Partner:
     # still verifies: checked at each request, whatever the cache holds.
     previous_salt: Secret | None = None
     previous_salt_until: datetime | None = None
+    # As the operator wrote it; None follows the server's default.
+    rate_limit: str | None = None
 
     def salts(self, now: datetime) -> tuple[str | None, str | None]:
         """The salts a request at ``now`` may be hashed with: the current
@@ -59,6 +62,7 @@ class PartnerSummary:
     licenses: int  # granted so far, revoked and expired ones included
     quota: int | None  # None: no cap
     previous_salt_until: datetime | None
+    rate_limit: str | None  # None: the server's default
 
     @property
     def remaining(self) -> int | None:
@@ -114,6 +118,15 @@ def check_quota(quota: int | None) -> int | None:
     return quota
 
 
+def check_rate(text: str) -> str:
+    """The rate as it is stored: ``N/PERIOD`` written the one way, or
+    ``unlimited``."""
+    try:
+        return describe(Rate.parse(text))
+    except RateError as exc:
+        raise OperatorError(str(exc)) from None
+
+
 def add_partner(
     engine: Engine,
     keyring: Keyring,
@@ -122,10 +135,13 @@ def add_partner(
     salt: str,
     *,
     quota: int | None = None,
+    rate_limit: str | None = None,
 ) -> Partner:
     check_name(name)
     check_salt(salt)
     check_quota(quota)
+    if rate_limit is not None:
+        rate_limit = check_rate(rate_limit)
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         taken = conn.execute(
             select(partners.c.name).where(func.lower(partners.c.name) == name.lower())
@@ -142,10 +158,11 @@ def add_partner(
                 enabled=True,
                 created_at=now,
                 license_quota=quota,
+                rate_limit=rate_limit,
             )
         ).inserted_primary_key
         assert row_id is not None
-    return Partner(row_id[0], name, Secret(salt), True, now)
+    return Partner(row_id[0], name, Secret(salt), True, now, rate_limit=rate_limit)
 
 
 def set_enabled(engine: Engine, clock: Clock, name: str, enabled: bool) -> None:
@@ -184,7 +201,24 @@ _SUMMARY = select(
     partners.c.licenses_used,
     partners.c.license_quota,
     partners.c.previous_salt_until,
+    partners.c.rate_limit,
 )
+
+
+def set_rate_limit(engine: Engine, name: str, rate_limit: str | None) -> str | None:
+    """Give a partner its own request rate, None for the server's default;
+    return it as stored."""
+    if rate_limit is not None:
+        rate_limit = check_rate(rate_limit)
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        result = conn.execute(
+            update(partners)
+            .where(partners.c.name == name)
+            .values(rate_limit=rate_limit)
+        )
+        if result.rowcount == 0:
+            raise NotFoundError(f"no partner named {name!r}")
+    return rate_limit
 
 
 def list_partners(engine: Engine) -> Sequence[PartnerSummary]:
@@ -219,6 +253,7 @@ def _find(conn: Connection, keyring: Keyring, name: str) -> Partner | None:
         row.created_at,
         Secret(keyring.open(previous, context)) if previous is not None else None,
         row.previous_salt_until,
+        row.rate_limit,
     )
 
 

@@ -71,6 +71,9 @@ partners = Table(
     # the writer in the transaction that inserts them.
     Column("license_quota", Integer),
     Column("licenses_used", Integer, nullable=False, default=0, server_default="0"),
+    # The partner's request rate as the operator wrote it ("600/min",
+    # "unlimited"); NULL follows the server's default (FAMPROV_PARTNER_RATE).
+    Column("rate_limit", String(32)),
 )
 
 licenses = Table(
