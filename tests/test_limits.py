@@ -32,6 +32,7 @@ from famprov import client as api
 from famprov.cli import main
 from famprov.clock import FixedClock
 from famprov.config import Settings
+from famprov.keys import Keyring
 from famprov.partners.service import add_partner
 from famprov.store.schema import licenses
 from famprov.throttle import counters
@@ -223,8 +224,8 @@ def test_in_process_counts_hold_a_bounded_number_of_keys() -> None:
 
 
 @pytest.fixture
-def acme(engine: Engine, clock: FixedClock) -> Partner:
-    add_partner(engine, clock, "acme", SALT, rate_limit="3/min")
+def acme(engine: Engine, keyring: Keyring, clock: FixedClock) -> Partner:
+    add_partner(engine, keyring, clock, "acme", SALT, rate_limit="3/min")
     return Partner("acme", SALT)
 
 
@@ -258,10 +259,10 @@ def test_a_partner_over_its_rate_gets_429_and_the_rate_limit_fields(
 
 
 def test_the_default_rate_applies_and_unlimited_partners_carry_no_fields(
-    settings: Settings, engine: Engine, clock: FixedClock
+    settings: Settings, engine: Engine, keyring: Keyring, clock: FixedClock
 ) -> None:
-    add_partner(engine, clock, "bulk", SALT)
-    add_partner(engine, clock, "free", SALT, rate_limit="unlimited")
+    add_partner(engine, keyring, clock, "bulk", SALT)
+    add_partner(engine, keyring, clock, "free", SALT, rate_limit="unlimited")
     custom = limited(settings, partner_rate="2/min")
     with LiveServer(custom, clock) as live, httpx.Client(base_url=live.url) as http:
         bulk, free = Partner("bulk", SALT), Partner("free", SALT)
@@ -335,7 +336,11 @@ def test_failed_authentications_lock_out_an_address_right_hash_or_not(
 
 
 def test_a_name_locks_out_alike_whether_a_partner_has_it_or_not(
-    settings: Settings, engine: Engine, clock: FixedClock, acme: Partner
+    settings: Settings,
+    engine: Engine,
+    keyring: Keyring,
+    clock: FixedClock,
+    acme: Partner,
 ) -> None:
     """The unknown-partner and wrong-hash paths stay indistinguishable: the
     same answers, fields and all, in the same order."""
@@ -376,7 +381,7 @@ def test_a_name_locks_out_alike_whether_a_partner_has_it_or_not(
         # The partner's right hash is refused too while the name is over.
         assert grant(http, acme, 1, address="192.0.2.200").json() == FAILURES_BODY
         # Other names are not affected.
-        add_partner(engine, clock, "globex", SALT)
+        add_partner(engine, keyring, clock, "globex", SALT)
         assert grant(http, Partner("globex", SALT), 1).status_code == 200
         # A name too long to be any partner's shares one count with the rest.
         long_names = ["x" * 65 + str(n) for n in range(4)]
@@ -412,9 +417,9 @@ def test_sprayed_names_keep_the_counts_bounded(
 
 
 def test_the_client_waits_as_retry_after_asks_then_succeeds(
-    settings: Settings, engine: Engine, clock: FixedClock
+    settings: Settings, engine: Engine, keyring: Keyring, clock: FixedClock
 ) -> None:
-    add_partner(engine, clock, "acme", SALT, rate_limit="2/2s")
+    add_partner(engine, keyring, clock, "acme", SALT, rate_limit="2/2s")
     with LiveServer(settings, clock) as live:
         with api.Client(live.url, partner="acme", salt=SALT) as client:
             started = time.monotonic()
@@ -504,9 +509,13 @@ def import_csv(url: str, path: Path, *args: str) -> subprocess.CompletedProcess[
 
 @only("sqlite")
 def test_a_bulk_import_of_thousands_passes_under_the_default_rate(
-    env: dict[str, str], engine: Engine, clock: FixedClock, tmp_path: Path
+    env: dict[str, str],
+    engine: Engine,
+    keyring: Keyring,
+    clock: FixedClock,
+    tmp_path: Path,
 ) -> None:
-    add_partner(engine, clock, "acme", SALT)
+    add_partner(engine, keyring, clock, "acme", SALT)
     path = csv_file(tmp_path, 3000)
     with ServerProcess(env) as server:
         done = import_csv(server.url, path)
@@ -519,9 +528,13 @@ def test_a_bulk_import_of_thousands_passes_under_the_default_rate(
 
 
 def test_a_bulk_import_over_a_partners_rate_slows_down_and_completes(
-    env: dict[str, str], engine: Engine, clock: FixedClock, tmp_path: Path
+    env: dict[str, str],
+    engine: Engine,
+    keyring: Keyring,
+    clock: FixedClock,
+    tmp_path: Path,
 ) -> None:
-    add_partner(engine, clock, "acme", SALT, rate_limit="40/s")
+    add_partner(engine, keyring, clock, "acme", SALT, rate_limit="40/s")
     path = csv_file(tmp_path, 200)
     with ServerProcess(env) as server:
         started = time.monotonic()
@@ -550,8 +563,8 @@ def test_partner_rates_are_set_listed_and_checked(env: dict[str, str]) -> None:
     assert bad.exit_code == 1
     assert "is not a rate: write N/PERIOD" in bad.output
     listed = run("partner", "list")
-    assert re.search(r"acme\s+yes\s+0\s+600/min\s", listed.output)
-    assert re.search(r"globex\s+yes\s+0\s+6000/min \(default\)", listed.output)
+    assert re.search(r"acme\s+yes\s+0\s+none\s+600/min\s", listed.output)
+    assert re.search(r"globex\s+yes\s+0\s+none\s+6000/min \(default\)", listed.output)
 
     changed = run("partner", "set", "globex", "--rate", "20/10min")
     assert changed.exit_code == 0
@@ -652,11 +665,12 @@ def test_a_partner_over_its_rate_is_refused_when_counted_in_redis(
 def test_two_servers_sharing_redis_share_the_counts(
     env: dict[str, str],
     engine: Engine,
+    keyring: Keyring,
     clock: FixedClock,
     redis_server: str,
     redis_prefix: str,
 ) -> None:
-    add_partner(engine, clock, "acme", SALT, rate_limit="4/min")
+    add_partner(engine, keyring, clock, "acme", SALT, rate_limit="4/min")
     acme = Partner("acme", SALT)
     shared_env = {
         **env,

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from alembic import command
 from click.testing import CliRunner, Result
 from sqlalchemy import Connection, Engine, func, select, text, update
 
@@ -411,6 +410,8 @@ def test_quota_commands(
         "quota": 1,
         "remaining": 1,
         "previous_salt_until": None,
+        "rate_limit": "6000/min",
+        "rate_limit_is_default": True,
     }
     assert http.get(V1_PATH, params=person(acme, 1)).status_code == 200
     assert http.get(V1_PATH, params=person(acme, 2)).status_code == 403
@@ -456,7 +457,7 @@ def test_quota_commands_refuse_bad_input(env: dict[str, str], engine: Engine) ->
             assert "neither a whole number nor 'none'" in result.output
     nothing = cli("partner", "set", "acme")
     assert nothing.exit_code == 2
-    assert "give a limit to change: --quota" in nothing.output
+    assert "give at least one limit to change: --quota, --rate" in nothing.output
     unknown = cli("partner", "set", "nobody", "--quota", "5")
     assert unknown.exit_code == 1
     assert "no partner named 'nobody'" in unknown.output
@@ -491,8 +492,7 @@ def test_the_migration_counts_the_licenses_granted_before_it(
             clock.now(),
             keyring,
         )
-    with engine.begin() as conn:
-        command.downgrade(migrate._config(conn), "0003")
+    migrate.downgrade(engine, "0003", keyring=keyring)
     assert migrate.current(engine) == "0003"
 
     migrate.upgrade(engine, keyring=keyring)
