@@ -157,12 +157,13 @@ def test_missing_sqlite_folder_is_an_error_not_a_new_store(tmp_path) -> None:
 
 
 @only("sqlite")
-def test_embedded_store_checkpoints_beside_the_writer(
+def test_embedded_store_checkpoints_between_batches(
     settings: Settings, engine, partner
 ) -> None:
-    """The writer's commits leave checkpoints to a thread of their own, and
-    the database file takes in the grants while the server runs (20 grants are
-    too few for SQLite's own automatic checkpoint)."""
+    """The writer checkpoints between batches, SQLite's own automatic
+    checkpoints being off in its connection, and the database file takes in
+    the grants while the server runs and waits for more (20 grants are too
+    few for SQLite's own automatic checkpoint)."""
     database = Path(settings.database.database or "")
     migrated = database.stat().st_size
     with LiveServer(settings, FixedClock(datetime(2026, 3, 10, tzinfo=UTC))) as live:

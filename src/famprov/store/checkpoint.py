@@ -1,27 +1,35 @@
-"""WAL checkpoints beside the grant path, on the embedded SQLite store.
+"""WAL checkpoints of the embedded SQLite store, run by the batching writer.
 
 In WAL mode SQLite copies its log back into the database file every 1,000
 pages, in whichever connection commits at that moment, and that COMMIT only
 returns once the copy and its flush are done: every grant of the batch would
-wait for it, and the slowest answers would be the checkpoints'. So the
-batching writer's connection turns automatic checkpoints off
-(`prepare_writer`), and a `Checkpointer` thread runs passive checkpoints
-beside it, which never hold up a commit. Should the log outgrow
-`RESTART_PAGES` all the same (the writer never pausing long enough for a
-passive checkpoint to reach its end), one blocking checkpoint brings it back.
+wait for it. So the batching writer's connection turns automatic checkpoints
+off (`prepare_writer`) and checkpoints on a schedule of its own
+(`Checkpoints`): after a batch's answers are sent, at most every
+`INTERVAL_SECONDS`, and when no batch came for that long.
+
+The writer runs the checkpoint itself, between batches, because only then
+can the log start over. SQLite rewinds the log at the next write once every
+frame in it is in the database file; a checkpoint running beside the writer
+(the earlier design: a thread of its own) never catches up with the frames
+the writer keeps adding, so the log grew to `RESTART_PAGES` a few times a
+second, and each blocking RESTART checkpoint that then brought it back held
+up a batch for as long as 110 ms. Should readers hold the log all the same
+(a passive checkpoint does not wait for them), one RESTART checkpoint brings
+it back once it passes `RESTART_PAGES`.
 """
 
 from __future__ import annotations
 
-import threading
+import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
 from famprov.logs import log
 
 INTERVAL_SECONDS = 0.25
-RESTART_PAGES = 4_096  # 16 MiB of 4 KiB pages
+RESTART_PAGES = 16_384  # 64 MiB of 4 KiB pages
 # The writer's page cache: the unique indexes of order numbers and vault
 # tokens take random keys, so their pages are touched all over.
 WRITER_CACHE_KIB = 8_192
@@ -36,42 +44,35 @@ def prepare_writer(conn: Connection) -> None:
     driver.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
 
 
-class Checkpointer:
-    """A thread that checkpoints the WAL of a SQLite store now and then."""
+class Checkpoints:
+    """When the writer checkpoints: once commits are waiting and the last
+    checkpoint is `INTERVAL_SECONDS` old. A store that needs none (PostgreSQL)
+    is never due."""
 
-    def __init__(self, engine: Engine, interval: float = INTERVAL_SECONDS) -> None:
-        self._engine = engine
+    def __init__(self, needed: bool, interval: float = INTERVAL_SECONDS) -> None:
+        self._needed = needed
         self._interval = interval
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._last = time.monotonic()
+        self._waiting = False
 
-    @property
-    def needed(self) -> bool:
-        return self._engine.dialect.name == "sqlite"
+    def committed(self) -> None:
+        self._waiting = self._needed
 
-    def start(self) -> None:
-        if not self.needed:
-            return
-        self._thread = threading.Thread(
-            target=self._run, name="famprov-checkpoint", daemon=True
-        )
-        self._thread.start()
+    def wait(self) -> float | None:
+        """How long the writer may wait for a batch before a checkpoint is
+        due; None when none will be."""
+        if not self._waiting:
+            return None
+        return max(self._last + self._interval - time.monotonic(), 0.0)
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def due(self) -> bool:
+        return self.wait() == 0.0
 
-    def _run(self) -> None:
-        with self._engine.connect() as conn:
-            driver: Any = conn.connection.driver_connection
-            while not self._stopping.wait(self._interval):
-                self._checkpoint(driver)
-            # The writer has stopped: what it wrote last goes in too.
-            self._checkpoint(driver)
-
-    def _checkpoint(self, driver: Any) -> None:
+    def run(self, conn: Connection) -> None:
+        """Checkpoint on the writer's connection, outside any transaction."""
+        self._waiting = False
+        self._last = time.monotonic()
+        driver: Any = conn.connection.driver_connection
         try:
             _busy, pages, _copied = driver.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)"
@@ -79,6 +80,6 @@ class Checkpointer:
             if pages > RESTART_PAGES:
                 driver.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except Exception as exc:
-            # The next round tries again; a lasting problem shows in the
+            # The next one tries again; a lasting problem shows in the
             # writer's own errors.
             log.warning("checkpoint_failed", error=type(exc).__name__)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import importlib
 import pickle
+import select
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from famprov import logs
 from famprov.logs import log
 from famprov.store import WRITE, is_reachable, open_engine
-from famprov.store.checkpoint import Checkpointer, prepare_writer
+from famprov.store.checkpoint import Checkpoints, prepare_writer
 from famprov.store.writer import HEADER, StaleReadError, frame
 
 Apply = Callable[[Connection, Sequence[Any], datetime], list[Any]]
@@ -56,21 +57,40 @@ def main() -> None:
         channel.sendall(frame(("failed", "the database does not answer")))
         return
     writer = _Writer(engine, apply)
-    checkpointer = Checkpointer(engine)
-    checkpointer.start()
+    checkpoints = Checkpoints(needed=engine.dialect.name == "sqlite")
     # What is loaded by now stays to the end: out of the collector's passes.
     gc.freeze()
     channel.sendall(frame(("ready", None)))
     try:
-        while (message := _read(channel)) is not None:
+        while True:
+            if not _arrives(channel, checkpoints.wait()):
+                # No batch for a while: the commits so far go in now.
+                writer.checkpoint(checkpoints)
+                continue
+            if (message := _read(channel)) is None:
+                break
             number, now, jobs = message
             channel.sendall(frame((number, writer.write(jobs, now))))
+            checkpoints.committed()
+            # After the answers, so that no batch waits on it but the next.
+            if checkpoints.due():
+                writer.checkpoint(checkpoints)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the serving process is gone; so is everyone waiting
     finally:
+        # What was written last goes into the database file too.
+        writer.checkpoint(checkpoints)
         writer.close()
-        checkpointer.stop()
         engine.dispose()
+
+
+def _arrives(channel: socket.socket, within: float | None) -> bool:
+    """Whether the serving process sends something (or closes) ``within``
+    seconds; None waits as long as it takes."""
+    if within is None:
+        return True
+    readable, _, _ = select.select([channel], [], [], within)
+    return bool(readable)
 
 
 def _read(channel: socket.socket) -> Any:
@@ -148,6 +168,17 @@ class _Writer:
                 return ("failed", type(exc).__name__)
             return ("ok", outcome)
         raise AssertionError("unreachable")
+
+    def checkpoint(self, checkpoints: Checkpoints) -> None:
+        """The checkpoint the schedule waits for, if any."""
+        if checkpoints.wait() is None:
+            return
+        try:
+            conn = self._connection()
+        except Exception as exc:
+            log.warning("checkpoint_failed", error=type(exc).__name__)
+            return
+        checkpoints.run(conn)
 
     def _connection(self) -> Connection:
         if self._conn is None:
