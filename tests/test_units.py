@@ -94,7 +94,10 @@ def test_order_numbers_are_shaped_and_spread() -> None:
     numbers = {number for number, _ in pairs}
     assert len(numbers) == 2000
     assert len({token for _, token in pairs}) == 2000
-    assert all(len(token) == 43 for _, token in pairs)  # 256 bits
+    # The order number's digits, then 256 random bits.
+    assert all(len(token) == 12 + 43 for _, token in pairs)
+    assert all(token[:12] == number.replace("-", "") for number, token in pairs)
+    assert len({token[12:] for _, token in pairs}) == 2000
     assert all(
         len(n) == 13 and n[8] == "-" and n.replace("-", "").isdigit() for n in numbers
     )

@@ -7,10 +7,12 @@ twice is the same as doing it once.
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
@@ -20,16 +22,19 @@ from famprov.keys import token_digest
 from famprov.licenses.plans import product_name
 from famprov.licenses.service import ACTIVE, INVITED, effective_status
 from famprov.store import WRITE
-from famprov.store.schema import licenses, partners
+from famprov.store.schema import legacy_vault_tokens, licenses, partners
 
-# A vault token: 256 bits, URL-safe base64 without padding.
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+# A vault token: the order number's twelve digits, then 256 bits in URL-safe
+# base64 without padding (`famprov.licenses.service.new_identities`); one
+# from before revision 0006 is those 256 bits alone.
+_TOKEN = re.compile(r"(?P<order>[0-9]{12})?[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
 class InvitationView:
     """What the person's page shows: nothing beyond what their email said."""
 
+    license_id: int
     first_name: str
     partner_name: str
     products: list[str]
@@ -59,31 +64,49 @@ def accept_invitation(engine: Engine, clock: Clock, token: str) -> InvitationVie
         # PostgreSQL too, whichever commits first.
         conn.execute(
             update(licenses)
-            .where(
-                licenses.c.vault_token_digest == token_digest(token),
-                licenses.c.status == INVITED,
-            )
+            .where(licenses.c.id == view.license_id, licenses.c.status == INVITED)
             .values(status=ACTIVE, accepted_at=now)
         )
         return _read(conn, clock, token)
 
 
-def _read(conn: Connection, clock: Clock, token: str) -> InvitationView:
-    if not _TOKEN.fullmatch(token):
-        raise NotFoundError("no invitation at this address")
+_SHOWN = select(
+    licenses.c.id,
+    licenses.c.vault_token_digest,
+    licenses.c.first_name,
+    licenses.c.products,
+    licenses.c.status,
+    licenses.c.expires_at,
+    licenses.c.accepted_at,
+    partners.c.name.label("partner_name"),
+).join(partners, partners.c.id == licenses.c.partner_id)
+
+
+def _find(conn: Connection, token: str) -> Any:
+    """The license row behind ``token``, or None. Tokens are stored as their
+    digest only (see `famprov.keys`)."""
+    shape = _TOKEN.fullmatch(token)
+    if shape is None:
+        return None
+    digest = token_digest(token)
+    digits = shape["order"]
+    if digits is None:
+        legacy = legacy_vault_tokens
+        return conn.execute(
+            _SHOWN.join(legacy, legacy.c.license_id == licenses.c.id).where(
+                legacy.c.vault_token_digest == digest
+            )
+        ).first()
     row = conn.execute(
-        select(
-            licenses.c.first_name,
-            licenses.c.products,
-            licenses.c.status,
-            licenses.c.expires_at,
-            licenses.c.accepted_at,
-            partners.c.name.label("partner_name"),
-        )
-        .join(partners, partners.c.id == licenses.c.partner_id)
-        # Stored as its digest only: see `famprov.keys`.
-        .where(licenses.c.vault_token_digest == token_digest(token))
+        _SHOWN.where(licenses.c.order_number == f"{digits[:8]}-{digits[8:]}")
     ).first()
+    if row is None or not hmac.compare_digest(row.vault_token_digest, digest):
+        return None
+    return row
+
+
+def _read(conn: Connection, clock: Clock, token: str) -> InvitationView:
+    row = _find(conn, token)
     if row is None:
         raise NotFoundError("no invitation at this address")
     if effective_status(row.status, row.expires_at, clock.now()) not in (
@@ -92,6 +115,7 @@ def _read(conn: Connection, clock: Clock, token: str) -> InvitationView:
     ):
         raise InvitationGoneError()
     return InvitationView(
+        license_id=row.id,
         first_name=row.first_name,
         partner_name=row.partner_name,
         products=[product_name(code) for code in json.loads(row.products)],

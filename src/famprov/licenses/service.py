@@ -91,13 +91,19 @@ def new_identities(count: int) -> Iterator[tuple[str, str]]:
 
     An order number is eight digits, a hyphen and four digits, drawn from 64
     random bits (the skew of the modulo is below one in ten million): never
-    sequential. A vault token is 256 random bits, URL-safe.
+    sequential. A vault token is the order number's twelve digits followed
+    by 256 random bits, URL-safe: the invitation page finds the license by
+    the number and checks the rest (`famprov.licenses.acceptance`), so the
+    store needs no index of tokens, whose random keys would cost every
+    grant a page write.
     """
     pool = os.urandom(count * 40)
     for start in range(0, count * 40, 40):
         number = int.from_bytes(pool[start : start + 8]) % 10**12
-        token = base64.urlsafe_b64encode(pool[start + 8 : start + 40])
-        yield f"{number // 10**4:08d}-{number % 10**4:04d}", token.rstrip(b"=").decode()
+        secret = base64.urlsafe_b64encode(pool[start + 8 : start + 40])
+        digits = f"{number:012d}"
+        token = digits + secret.rstrip(b"=").decode()
+        yield f"{digits[:8]}-{digits[8:]}", token
 
 
 def vault_url(public_url: str, token: str) -> str:

@@ -101,10 +101,11 @@ licenses = Table(
     Column("accepted_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
     # The vault token is never stored as it is: the invitation page finds
-    # its license by the token's digest, and a replay of the grant and the
-    # invitation mail read it sealed with the operator's key, so a copy of
-    # the database alone yields no working vault URL.
-    Column("vault_token_digest", String(43), nullable=False, unique=True),
+    # its license by the order number the token begins with and compares the
+    # token's digest, and a replay of the grant and the invitation mail read
+    # it sealed with the operator's key, so a copy of the database alone
+    # yields no working vault URL. No index: the order number's serves.
+    Column("vault_token_digest", String(43), nullable=False),
     Column("sealed_vault_token", Text, nullable=False),
     UniqueConstraint("partner_id", "transaction_id", name="uq_licenses_partner_txn"),
     UniqueConstraint("partner_id", "live_email_key", name="uq_licenses_partner_live"),
@@ -134,4 +135,14 @@ outbox = Table(
     Index("ix_outbox_due", "status", "next_attempt_at"),
     Index("ix_outbox_claim", "claim"),
     Index("ix_outbox_license", "license_id"),
+)
+
+# Vault tokens from before tokens began with their order number (revision
+# 0006): 43 characters, found by their digest alone. New grants add nothing
+# here, so that a grant writes one random-keyed index entry fewer.
+legacy_vault_tokens = Table(
+    "legacy_vault_tokens",
+    metadata,
+    Column("vault_token_digest", String(43), primary_key=True),
+    Column("license_id", ForeignKey("licenses.id"), nullable=False),
 )
