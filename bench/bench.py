@@ -32,6 +32,7 @@ import httpx
 import importer  # bench/importer.py: famprov provision-csv's work, timed
 from sqlalchemy import create_engine, func, select, text
 
+from famprov.keys import generate_key
 from famprov.partners.hashing import compute_hash
 from famprov.store import sync_url
 from famprov.store.schema import licenses, outbox
@@ -181,6 +182,10 @@ def famprov_run(
         "FAMPROV_LOG_LEVEL": "warning",
         "FAMPROV_PUBLIC_URL": "http://famprov.bench",
     }
+    if label == "postgresql":
+        # The embedded store makes a key file of its own; PostgreSQL's key
+        # is the operator's to give.
+        env["FAMPROV_SECRET_KEY"] = generate_key()
     subprocess.run([FAMPROV, "db", "upgrade"], env=env, check=True, capture_output=True)
     # A rate far above any run's, so that the limit is checked on every
     # grant and refuses none.

@@ -458,6 +458,9 @@ def test_quota_commands_refuse_bad_input(env: dict[str, str], engine: Engine) ->
     nothing = cli("partner", "set", "acme")
     assert nothing.exit_code == 2
     assert "give at least one limit to change: --quota, --rate" in nothing.output
+    huge = cli("partner", "set", "acme", "--quota", "9" * 20)
+    assert huge.exit_code == 1
+    assert huge.output == "famprov: error: quota must be 0 to 2,147,483,647 licenses\n"
     unknown = cli("partner", "set", "nobody", "--quota", "5")
     assert unknown.exit_code == 1
     assert "no partner named 'nobody'" in unknown.output

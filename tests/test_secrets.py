@@ -181,6 +181,13 @@ def test_the_embedded_store_makes_a_private_key_file_and_keeps_it(
     assert f"`chmod 600 {path}`" in refused.output
     assert key.strip() not in refused.output
 
+    # Lost, the key file is not replaced by a new key that opens nothing.
+    path.unlink()
+    lost = cli("partner", "list")
+    assert lost.exit_code == 1
+    assert f"the key file {path} is missing" in lost.output
+    assert not path.exists()
+
 
 @only("postgresql")
 def test_postgresql_refuses_to_start_without_a_key(env: dict[str, str]) -> None:
@@ -302,14 +309,25 @@ def test_a_resent_invitation_after_key_rotation_carries_the_same_link(
 
 
 def test_the_writer_process_gets_its_key_by_no_command_line_or_environment(
-    settings: Settings, server: LiveServer, http: httpx.Client, partner: Partner
+    settings: Settings,
+    clock: FixedClock,
+    partner: Partner,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert grant(http, partner, 1).status_code == 200
+    # The key in the serving process's environment, as an operator sets it.
     key = current_key(settings)
-    [writer] = writer_processes(os.getpid())
+    monkeypatch.setenv("FAMPROV_SECRET_KEY", key)
+    with LiveServer(settings, clock) as live, httpx.Client(base_url=live.url) as http:
+        assert grant(http, partner, 1).status_code == 200
+        [writer] = writer_processes(os.getpid())
+        check_writer_process(writer, key)
+
+
+def check_writer_process(writer: int, key: str) -> None:
     for name in ("cmdline", "environ"):
         data = Path(f"/proc/{writer}/{name}").read_bytes()
         assert key.encode() not in data, name
+        assert b"FAMPROV_" not in data, name
 
 
 # A store from before secrets at rest: its plaintext sealed by the upgrade.
@@ -627,3 +645,34 @@ def test_a_keyring_prints_ids_only() -> None:
     assert keyring.open(sealed, "here") == "a secret"
     with pytest.raises(Exception, match="does not open with key"):
         keyring.open(sealed, "elsewhere")
+
+
+def test_a_server_without_the_key_that_sealed_a_salt_answers_a_plain_500(
+    env: dict[str, str],
+    settings: Settings,
+    clock: FixedClock,
+    partner: Partner,
+) -> None:
+    """Resealed under a key the running server lacks: its grants fail, with a
+    500 that names neither the setting nor a key, whatever the hash; an
+    unknown partner is still a 401."""
+    old = current_key(settings)
+    quick = settings.model_copy(update={"partner_cache_seconds": 0.0})
+    with LiveServer(quick, clock) as live, httpx.Client(base_url=live.url) as http:
+        assert grant(http, partner, 1).status_code == 200
+        rotated = cli(
+            "keys", "rotate", env={"FAMPROV_SECRET_KEY": f"{OTHER_KEY},{old}"}
+        )
+        assert rotated.exit_code == 0, rotated.output
+        for params in (
+            partner.params(transaction_id="2", email="b@example.com"),
+            partner.params(transaction_id="3", hash="0" * 64),
+        ):
+            answer = http.get(V1_PATH, params=params)
+            assert answer.status_code == 500
+            assert answer.json() == {
+                "success": False,
+                "message": "Internal server error",
+            }
+        unknown = partner.params(partner_name="nobody", hash="0" * 64)
+        assert http.get(V1_PATH, params=unknown).status_code == 401

@@ -28,6 +28,7 @@ import binascii
 import contextlib
 import hashlib
 import os
+import sqlite3
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -221,7 +222,37 @@ def load_keyring(settings: Settings) -> Keyring:
             f"set {ENVIRONMENT}: famprov makes a key file beside a SQLite "
             f"file named by its path only, not by a file: URI; {HOW_TO_MAKE}"
         )
+    if not path.exists() and _holds_sealed_secrets(Path(database)):
+        # A new key would open nothing the store holds: the file was lost,
+        # or the store was sealed with a key given in the environment.
+        raise SecretKeyError(
+            f"the key file {path} is missing, and the store beside it holds "
+            f"secrets sealed with a key: put the key file back, or set "
+            f"{ENVIRONMENT} to the key that sealed them"
+        )
     return read_key_file(path, create=True)
+
+
+# The first migration that seals secrets; a store before it holds none.
+_SEALING_REVISION = "0003"
+
+
+def _holds_sealed_secrets(database: Path) -> bool:
+    """Whether the SQLite store at ``database`` holds sealed secrets (it is
+    past the migration that sealed them, and has a partner): then only the
+    key that sealed them will do."""
+    if not database.exists() or database.stat().st_size == 0:
+        return False
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+        ) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            if row is None or str(row[0]) < _SEALING_REVISION:
+                return False
+            return conn.execute("SELECT 1 FROM partners LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False  # no famprov tables yet
 
 
 def key_file(settings: Settings) -> Path | None:

@@ -25,6 +25,7 @@ from famprov.errors import (
     QuotaExceededError,
     RateLimitedError,
 )
+from famprov.logs import log
 from famprov.throttle.rates import retry_after
 
 STATUS: dict[type[FamprovError], int] = {
@@ -81,6 +82,17 @@ def status_for(exc: FamprovError) -> int:
     return 500
 
 
+def message_for(exc: FamprovError) -> str:
+    """What the caller reads: a refusal's own message, but for an error that
+    has no status of its own (the service's fault, such as a store sealed
+    with a key it lacks) the plain 500's: a 500 shows no internals. The
+    operator reads the error's own message in the log."""
+    if status_for(exc) != 500:
+        return exc.message
+    log.error("request_failed", error=type(exc).__name__, reason=exc.message)
+    return HTTP_MESSAGES[500]
+
+
 def outcome_for(exc: Exception) -> str:
     """A short name for the request log: ``PartnerAuthError`` -> ``partner_auth``."""
     name = type(exc).__name__.removesuffix("Error")
@@ -93,7 +105,7 @@ async def on_domain_error(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, RateLimitedError):
         headers = {k.decode(): v.decode() for k, v in limit_headers(exc)}
-    return failure(status_for(exc), exc.message, headers)
+    return failure(status_for(exc), message_for(exc), headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -18,6 +18,7 @@ from famprov.api.errors import (
     HTTP_MESSAGES,
     failure_body,
     limit_headers,
+    message_for,
     outcome_for,
     status_for,
 )
@@ -98,7 +99,8 @@ class CreateLicense:
         except FamprovError as exc:
             state["outcome"] = outcome_for(exc)
             extra = limit_headers(exc) if isinstance(exc, RateLimitedError) else ()
-            await _answer(send, status_for(exc), failure_body(exc.message), *extra)
+            body = failure_body(message_for(exc))
+            await _answer(send, status_for(exc), body, *extra)
             return
         state["outcome"] = "replayed" if grant.replayed else "granted"
         body = self._success(app_state.settings.public_url, grant)

@@ -112,9 +112,12 @@ def check_salt(salt: str) -> str:
     return salt
 
 
+MAX_QUOTA = 2**31 - 1  # what an INTEGER column holds on every store
+
+
 def check_quota(quota: int | None) -> int | None:
-    if quota is not None and quota < 0:
-        raise OperatorError("quota must be 0 or more licenses")
+    if quota is not None and not 0 <= quota <= MAX_QUOTA:
+        raise OperatorError(f"quota must be 0 to {MAX_QUOTA:,} licenses")
     return quota
 
 

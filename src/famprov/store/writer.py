@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import socket
 import subprocess
@@ -241,6 +242,11 @@ class BatchWriter(Generic[J, R]):
                 [sys.executable, "-m", "famprov.store.writer_process"],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
+                # What it needs comes over the socket: no setting, and above
+                # all no secret key, in the environment it can be read from.
+                env={
+                    k: v for k, v in os.environ.items() if not k.startswith("FAMPROV_")
+                },
             )
         finally:
             theirs.close()
