@@ -76,10 +76,10 @@ def frame(message: Any) -> bytes:
 
 
 # TODO: on SQLite the rate of grants is set by this writer's cycle (about 30
-# grants in about 4 ms on two cores, a third of it the commit's disk flush):
-# 0.29 to 0.34 of the HTTP stack's ceiling where the target is 0.40, with a
-# p99 above its 25 ms (docs/performance.md). Fewer index entries per grant or
-# a cheaper flush is where the rest is.
+# grants in about 4 ms on two cores, a third of it the commit's disk flush,
+# and a 13 ms checkpoint every 0.25 s): 0.38 to 0.40 of the HTTP stack's
+# ceiling, at the edge of the 0.40 target (docs/performance.md). The order
+# number's random index, and the checkpoint, are where the rest is.
 class BatchWriter(Generic[J, R]):
     """Writes jobs in batches through ``processes`` writer processes.
 
