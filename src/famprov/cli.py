@@ -302,7 +302,7 @@ def print_demo(name: str, salt: str, url: str) -> None:
 
 @main.group()
 def partner() -> None:
-    """Add, list and disable partners."""
+    """Add, change, list, disable partners; rotate their salts."""
 
 
 NO_LIMIT = "none"
