@@ -233,8 +233,9 @@ def load_keyring(settings: Settings) -> Keyring:
     return read_key_file(path, create=True)
 
 
-# The first migration that seals secrets; a store before it holds none.
-_SEALING_REVISION = "0003"
+# The migration that sealed the plaintext salts and vault tokens; a store
+# before it holds none sealed.
+SEALING_REVISION = "0003"
 
 
 def _holds_sealed_secrets(database: Path) -> bool:
@@ -248,7 +249,7 @@ def _holds_sealed_secrets(database: Path) -> bool:
             sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
         ) as conn:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            if row is None or str(row[0]) < _SEALING_REVISION:
+            if row is None or str(row[0]) < SEALING_REVISION:
                 return False
             return conn.execute("SELECT 1 FROM partners LIMIT 1").fetchone() is not None
     except sqlite3.Error:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, inspect
 
 from famprov.errors import FamprovError
-from famprov.keys import Keyring
+from famprov.keys import SEALING_REVISION, Keyring
 from famprov.store.schema import metadata
 from famprov.store.sealed import check_keyring
 
@@ -89,14 +89,11 @@ def upgrade(
         raise _newer(found)
     with _migrating(engine) as conn:
         command.upgrade(_config(conn, keyring), revision)
+    # The plaintext the sealing migration replaced stays in the database's
+    # files (free pages, the write-ahead log, dead row versions) until the
+    # tables are rewritten.
     if found is not None and SEALING_REVISION in _applied(found, current(engine)):
         scrub(engine)
-
-
-# The migration that sealed the plaintext salts and vault tokens: the values
-# it replaced stay in the database's files (free pages, the write-ahead log,
-# dead row versions) until the tables are rewritten.
-SEALING_REVISION = "0003"
 
 
 def _applied(before: str, after: str | None) -> set[str]:
