@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email
 import os
 import stat
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from support import (
     only,
     wait_for,
 )
+from test_invitations import read_mail
 from test_writer_process import writer_processes
 
 OTHER_KEY = "3q9xWkqHx2L3kE3bTr6fN0pA8vQm1sYcJd4uZo7eRiU"
@@ -120,8 +119,7 @@ def store_bytes(settings: Settings) -> bytes:
 def mail_text(path: Path) -> str:
     """A delivered message's plain text, decoded (a long link may be folded
     by its transfer encoding)."""
-    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
-    body = message.get_body(("plain",))
+    body = read_mail(path).get_body(("plain",))
     assert isinstance(body, EmailMessage)
     return str(body.get_content())
 
@@ -320,14 +318,10 @@ def test_the_writer_process_gets_its_key_by_no_command_line_or_environment(
     with LiveServer(settings, clock) as live, httpx.Client(base_url=live.url) as http:
         assert grant(http, partner, 1).status_code == 200
         [writer] = writer_processes(os.getpid())
-        check_writer_process(writer, key)
-
-
-def check_writer_process(writer: int, key: str) -> None:
-    for name in ("cmdline", "environ"):
-        data = Path(f"/proc/{writer}/{name}").read_bytes()
-        assert key.encode() not in data, name
-        assert b"FAMPROV_" not in data, name
+        for name in ("cmdline", "environ"):
+            data = Path(f"/proc/{writer}/{name}").read_bytes()
+            assert key.encode() not in data, name
+            assert b"FAMPROV_" not in data, name
 
 
 # A store from before secrets at rest: its plaintext sealed by the upgrade.
