@@ -8,6 +8,7 @@ import httpx
 from playwright.sync_api import ConsoleMessage, expect
 
 from browser import BrowserPage
+from famprov.api.openapi import EXPLORER
 from support import LiveServer, Partner
 
 
@@ -78,3 +79,7 @@ def test_explorer_page_sends_a_strict_content_security_policy(
     for asset in re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', page.text):
         answer = httpx.get(server.url + asset)
         assert answer.status_code == 200, asset
+        # Whole, however large (the bundle is over a megabyte, sent in
+        # pieces through the server's gathered writes).
+        local = EXPLORER / asset.removeprefix("/docs/assets/")
+        assert answer.content == local.read_bytes(), asset

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from famprov.api import protocol
 from famprov.store.schema import licenses
-from support import V1_PATH, LiveServer, Partner, only, rows
+from support import V1_PATH, LiveServer, Partner, only, rows, vendor_url
 
 pytestmark = only("sqlite")  # the HTTP layer is the same on either store
 
@@ -223,3 +223,34 @@ def test_a_head_and_its_body_in_one_piece_are_served(server: LiveServer) -> None
     head = head_of(protocol.MAX_HEAD_BYTES, length, method="POST")
     status = served(server, head + body)
     assert status == 405  # read whole, and answered by the app
+
+
+def data_segments_received(sock: socket.socket) -> int:
+    """Linux's count of TCP segments with data that reached this socket
+    (``tcpi_data_segs_in`` of ``struct tcp_info``)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return int.from_bytes(info[152:156], "little")
+
+
+@pytest.mark.parametrize("kind", ["grant", "refusal", "health"])
+def test_each_answer_arrives_in_one_segment(
+    server: LiveServer, partner: Partner, kind: str
+) -> None:
+    # uvicorn writes a response's head and its body apart; the server sends
+    # them as one piece. Measured on the client's socket over loopback,
+    # where one segment holds far more than these answers.
+    targets = {
+        "grant": vendor_url("", partner.params()),
+        "refusal": vendor_url("", partner.params(hash="0" * 64)),
+        "health": "/healthz",
+    }
+    with connection(server) as sock:
+        send(sock, request("/healthz"))
+        answer(sock)
+        before = data_segments_received(sock)
+        send(sock, request(targets[kind]))
+        status, headers, _ = answer(sock)
+        after = data_segments_received(sock)
+    assert status == {"grant": 200, "refusal": 401, "health": 200}[kind]
+    assert "x-request-id" in headers
+    assert after - before == 1

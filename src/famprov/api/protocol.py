@@ -1,5 +1,5 @@
 """The HTTP protocol famprov serves with: uvicorn's httptools protocol, with
-three changes.
+four changes.
 
 - A request too malformed to reach the app is still answered in the API's
   JSON shape.
@@ -13,6 +13,12 @@ three changes.
 - The head must arrive in time (`HEAD_SECONDS`): a connection that opens and
   says nothing, or sends its head a byte at a time, is dropped (with a JSON
   408 if it had begun), so one caller cannot hold many connections open.
+
+- What one round of the event loop writes to a connection goes out in one
+  send (`GatheredWrites`). uvicorn writes a response's head as soon as the
+  app starts it and its body in a second call, two sends and two TCP
+  segments for every answer; gathered, the serving process and the client
+  each spend about 7 µs less a grant (docs/performance.md).
 
 These answers are written before the app sees the request, so they carry no
 request id; each is logged as ``request_refused`` with its outcome.
@@ -39,6 +45,9 @@ MAX_HEAD_BYTES = 64 * 1024  # the request line and every header, as sent
 # cost to itself. Keep-alive connections between requests are uvicorn's
 # (closed after its keep-alive timeout).
 HEAD_SECONDS = 10.0
+# What a connection may hold back before it sends, at most: a response's
+# head and body together, however the app hands them over.
+GATHER_BYTES = 64 * 1024
 SWEEP_SECONDS = 1.0
 
 
@@ -76,6 +85,9 @@ class JsonErrorsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Flow control keeps the real transport (uvicorn's FlowControl, made
+        # above); everything written goes through the gathering one.
+        self.transport = GatheredWrites(transport, self.loop)  # type: ignore[assignment]
         self._head_started = time.monotonic()
         _HeadWatch.of(self.loop).watch(self)
 
@@ -159,6 +171,47 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         log.info("request_refused", outcome=outcome)
         self.transport.write(answer)
         self.transport.close()
+
+
+class GatheredWrites:
+    """A transport that sends what is written to it in one round of the
+    event loop as one piece, at the start of the next round (or at once past
+    `GATHER_BYTES`, or when it is closed). Everything else is the wrapped
+    transport's."""
+
+    __slots__ = ("_chunks", "_loop", "_size", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._chunks:
+            self._loop.call_soon(self.flush)
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > GATHER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._chunks:
+            return
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        if not self._transport.is_closing():
+            self._transport.write(b"".join(chunks))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._chunks, self._size = [], 0
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _HeadWatch:
