@@ -26,13 +26,13 @@ replay of its transaction id.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import pickle
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
@@ -87,10 +87,16 @@ class BatchWriter(Generic[J, R]):
     the writer process applies to a batch: it is called there once with
     ``argument`` (sent over the socket, never on a command line or in the
     environment: it may hold keys). ``encode`` turns a job into what
-    crosses to it,
-    and ``decode`` an outcome into the result, or raises its domain error.
-    Each writer process has one batch in flight; SQLite takes one writer at
-    a time, PostgreSQL several (one batch written while another commits).
+    crosses to it, and ``decode`` an outcome into the result, or raises its
+    domain error.
+
+    Jobs go to a writer process as they come, one message for each round
+    of the event loop, to the process with the fewest jobs in hand; the
+    process makes its next batch of whatever has arrived by the time the
+    last one is committed (up to ``max_batch``), and answers each batch's
+    jobs in the order they were sent. So a writer process never waits for
+    the serving process to take its answers before it starts the next
+    batch. SQLite takes one writer process, PostgreSQL several.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class BatchWriter(Generic[J, R]):
             "database": database.render_as_string(hide_password=False),
             "target": target,
             "argument": argument,
+            "max_batch": max_batch,
             "log_format": log_format,
             "log_level": log_level,
         }
@@ -121,14 +128,13 @@ class BatchWriter(Generic[J, R]):
         self._decode = decode
         self._clock = clock
         self._processes = processes
-        self._max_batch = max_batch
         self._after_commit = after_commit
         self._children: list[_Child] = []
-        # Each job with its caller's future and the writers it was sent to.
+        # Each job not yet sent, with its caller's future and the writers it
+        # was sent to.
         self._pending: list[_Job] = []
         self._dispatching = False
         self._closed = False
-        self._batches = 0
         self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
@@ -159,17 +165,16 @@ class BatchWriter(Generic[J, R]):
 
     def _dispatch(self) -> None:
         self._dispatching = False
-        for child in self._children:
-            if not self._pending:
-                return
-            if child.idle:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                self._batches += 1
-                child.send_batch(self._batches, self._clock(), batch)
+        if not self._pending or not self._children:
+            return  # a writer process being started takes them once it is
+        jobs, self._pending = self._pending, []
+        child = min(self._children, key=lambda child: child.in_hand)
+        child.send_jobs(self._clock(), jobs)
 
     def _finished(self, child: _Child, outcomes: list[Any], seconds: float) -> None:
-        futures = [future for _, future, _ in child.take_in_flight()]
+        """A batch was committed: its outcomes answer, in order, the oldest
+        jobs the child had in hand."""
+        futures = [future for _, future, _ in child.take(len(outcomes))]
         if self._after_commit is not None:
             self._after_commit(len(futures), seconds)
         for future, (kind, value) in zip(futures, outcomes, strict=True):
@@ -182,19 +187,18 @@ class BatchWriter(Generic[J, R]):
                 future.set_result(self._decode(value))
             except FamprovError as exc:
                 future.set_exception(exc)
-        self._dispatch()
 
     def _lost(self, child: _Child) -> None:
         """The writer process went away: start another, and give it the jobs
-        of the batch in hand.
+        the lost one had in hand.
 
-        Whether that batch was committed before the process died is unknown,
+        Whether they were committed before the process died is unknown,
         and needs not be: a job sent again is a replay of its transaction
-        id, answered from the store if it was written. A job whose batch has
-        lost two writers already fails instead, in case it is what kills them.
+        id, answered from the store if it was written. A job that has lost
+        two writers already fails instead, in case it is what kills them.
         """
         again = []
-        for job, future, tries in child.take_in_flight():
+        for job, future, tries in child.take(child.in_hand):
             if future.done():
                 continue
             if self._closed or tries + 1 >= MAX_TRIES:
@@ -275,14 +279,13 @@ class _Child(asyncio.Protocol):
         self._process = process
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
-        self._in_flight: list[_Job] | None = None
-        self._started = 0.0
+        # The jobs sent and not yet answered, oldest first.
+        self._in_hand: collections.deque[_Job] = collections.deque()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
-    def idle(self) -> bool:
-        # Only writers that answered ``ready`` are among the children.
-        return self._in_flight is None
+    def in_hand(self) -> int:
+        return len(self._in_hand)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are transports without being asyncio's class.
@@ -292,14 +295,14 @@ class _Child(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(frame(message))
 
-    def send_batch(self, number: int, now: datetime, batch: list[_Job]) -> None:
-        self._in_flight = batch
-        self._started = time.perf_counter()
-        self.send((number, now, [job for job, _, _ in batch]))
+    def send_jobs(self, now: datetime, jobs: list[_Job]) -> None:
+        self._in_hand.extend(jobs)
+        self.send((now, [job for job, _, _ in jobs]))
 
-    def take_in_flight(self) -> list[_Job]:
-        futures, self._in_flight = self._in_flight or [], None
-        return futures
+    def take(self, count: int) -> list[_Job]:
+        """The ``count`` oldest jobs in hand, which leave it."""
+        popleft = self._in_hand.popleft
+        return [popleft() for _ in range(count)]
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -320,8 +323,8 @@ class _Child(asyncio.Protocol):
             else:
                 self.ready.set_exception(WriterFailedError(detail))
             return
-        _number, outcomes = message
-        self._writer._finished(self, outcomes, time.perf_counter() - self._started)
+        outcomes, seconds = message
+        self._writer._finished(self, outcomes, seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():

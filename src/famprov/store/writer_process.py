@@ -2,9 +2,12 @@
 
 Started by `famprov.store.writer.BatchWriter`, with its socket as standard
 input. It reads its settings (the store's URL, the factory of the function
-to apply and its argument, the log settings) as the first message, answers
-``ready`` once the store answers, then for each batch: applies the function
-in one transaction, commits, and sends back one outcome per job. A job's
+to apply and its argument, the largest batch, the log settings) as the
+first message, and answers ``ready`` once the store answers. Then jobs
+arrive as the serving process takes them; each batch is every job that
+arrived while the last one was written: the process applies the function to
+it in one transaction, commits, and sends back one outcome per job, with
+the seconds the batch took. A job's
 domain refusal is an outcome like any other. A batch that read a row another
 writer changed before it wrote (`StaleReadError`) is written again from a
 fresh read; a database error rolls the batch back and each job is then
@@ -14,12 +17,14 @@ neighbours. It leaves when its socket closes.
 
 from __future__ import annotations
 
+import collections
 import gc
 import importlib
 import pickle
 import select
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -61,16 +66,25 @@ def main() -> None:
     # What is loaded by now stays to the end: out of the collector's passes.
     gc.freeze()
     channel.sendall(frame(("ready", None)))
+    queue: collections.deque[tuple[datetime, Any]] = collections.deque()
+    max_batch: int = config["max_batch"]
     try:
         while True:
-            if not _arrives(channel, checkpoints.wait()):
-                # No batch for a while: the commits so far go in now.
+            if not queue and not _arrives(channel, checkpoints.wait()):
+                # No job for a while: the commits so far go in now.
                 writer.checkpoint(checkpoints)
                 continue
-            if (message := _read(channel)) is None:
-                break
-            number, now, jobs = message
-            channel.sendall(frame((number, writer.write(jobs, now))))
+            # The batch: what has arrived since the last one was committed.
+            while not queue or _arrives(channel, 0):
+                if (message := _read(channel)) is None:
+                    return
+                now, jobs = message
+                queue.extend((now, job) for job in jobs)
+            batch = [queue.popleft() for _ in range(min(len(queue), max_batch))]
+            started = time.perf_counter()
+            # The batch is decided at the time of its newest job.
+            outcomes = writer.write([job for _, job in batch], batch[-1][0])
+            channel.sendall(frame((outcomes, time.perf_counter() - started)))
             checkpoints.committed()
             # After the answers, so that no batch waits on it but the next.
             if checkpoints.due():
