@@ -32,6 +32,7 @@ from famprov.errors import (
 )
 from famprov.keys import Keyring
 from famprov.licenses import fields
+from famprov.licenses.numbers import OrderNumbers
 from famprov.licenses.plans import DEFAULT_PLAN
 from famprov.licenses.service import Grant, GrantJob, _count_licenses, record
 from famprov.partners.service import (
@@ -297,7 +298,7 @@ def test_within_a_batch_the_quota_runs_out_at_the_same_grant_as_one_by_one(
         job(other.id, "y", "y@example.com"),  # the other partner, still free
     ]
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        outcomes = record(conn, jobs, clock.now(), keyring)
+        outcomes = record(conn, jobs, clock.now(), keyring, OrderNumbers.load(conn))
 
     kinds = [type(outcome) for outcome in outcomes]
     assert kinds == [
@@ -494,6 +495,7 @@ def test_the_migration_counts_the_licenses_granted_before_it(
             [GrantJob(partner.id, p.email, p, DEFAULT_PLAN) for p in who],
             clock.now(),
             keyring,
+            OrderNumbers.load(conn),
         )
     migrate.downgrade(engine, "0003", keyring=keyring)
     assert migrate.current(engine) == "0003"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import string
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from famprov.api.partner_v1 import parse_query
 from famprov.errors import DuplicateParameterError, InvalidRequestError
 from famprov.licenses import fields
+from famprov.licenses.numbers import OrderNumbers, new_key
 from famprov.licenses.service import new_identities
 from famprov.licenses.terms import years_after
 from famprov.logs import Secret, redact_email, redact_emails
@@ -89,18 +92,60 @@ def test_parse_query_ignores_unknown_parameters() -> None:
     assert parse_query(b"email=a&extra=1&extra=2") == {"email": "a"}
 
 
-def test_order_numbers_are_shaped_and_spread() -> None:
-    pairs = list(new_identities(2000))
-    numbers = {number for number, _ in pairs}
-    assert len(numbers) == 2000
-    assert len({token for _, token in pairs}) == 2000
+def test_vault_tokens_begin_with_their_order_number() -> None:
+    numbers = OrderNumbers(new_key())
+    reserved = [(license_id, numbers.of(license_id)) for license_id in range(1, 2001)]
+    identities = list(new_identities(reserved))
+    assert [(i, n) for i, n, _ in identities] == reserved
+    tokens = [token for _, _, token in identities]
     # The order number's digits, then 256 random bits.
-    assert all(len(token) == 12 + 43 for _, token in pairs)
-    assert all(token[:12] == number.replace("-", "") for number, token in pairs)
-    assert len({token[12:] for _, token in pairs}) == 2000
+    assert all(len(token) == 12 + 43 for token in tokens)
+    assert all(t[:12] == n.replace("-", "") for _, n, t in identities)
+    assert len({token[12:] for token in tokens}) == 2000
+
+
+def test_order_numbers_are_shaped_unique_and_lead_back_to_their_id() -> None:
+    numbers = OrderNumbers(new_key())
+    ids = [*range(1, 5001), *range(10**12 - 500, 10**12)]
+    given = [numbers.of(license_id) for license_id in ids]
+    assert len(set(given)) == len(ids)
     assert all(
-        len(n) == 13 and n[8] == "-" and n.replace("-", "").isdigit() for n in numbers
+        len(n) == 13 and n[8] == "-" and n.replace("-", "").isdigit() for n in given
     )
+    assert [numbers.license_id(n) for n in given] == ids
+    with pytest.raises(ValueError, match="run out"):
+        numbers.of(10**12)
+
+
+def test_order_numbers_of_consecutive_ids_look_drawn_at_random() -> None:
+    numbers = OrderNumbers(new_key())
+    values = [int(numbers.of(i).replace("-", "")) for i in range(1, 2001)]
+    # Neither growing nor close together: each step goes up about as often
+    # as down, and the numbers fill the twelve digits.
+    ups = sum(b > a for a, b in itertools.pairwise(values))
+    assert 850 < ups < 1150
+    assert min(values) < 10**10
+    assert max(values) > 99 * 10**10
+    # Each leading digit about equally often.
+    leading = Counter(str(v).zfill(12)[0] for v in values)
+    assert len(leading) == 10
+    assert min(leading.values()) > 120
+    # Another store's key gives other numbers.
+    other = OrderNumbers(new_key())
+    assert sum(numbers.of(i) == other.of(i) for i in range(1, 2001)) == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["", "12345678-123", "123456781234", "1234567-81234", "1234567a-1234",
+             "١٢٣٤٥٦٧٨-١٢٣٤", "12345678-12345"],
+)  # fmt: skip
+def test_what_is_not_shaped_as_an_order_number_has_no_id(text: str) -> None:
+    assert OrderNumbers(new_key()).license_id(text) is None
+
+
+def test_the_order_number_key_never_shows() -> None:
+    key = new_key()
+    assert key not in repr(OrderNumbers(key))
 
 
 _ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, select, update
 from famprov.clock import Clock
 from famprov.errors import InvitationGoneError, NotFoundError
 from famprov.keys import token_digest
+from famprov.licenses.numbers import OrderNumbers
 from famprov.licenses.plans import product_name
 from famprov.licenses.service import ACTIVE, INVITED, effective_status
 from famprov.store import WRITE
@@ -97,8 +98,9 @@ def _find(conn: Connection, token: str) -> Any:
                 legacy.c.vault_token_digest == digest
             )
         ).first()
+    numbers = OrderNumbers.load(conn)
     row = conn.execute(
-        _SHOWN.where(licenses.c.order_number == f"{digits[:8]}-{digits[8:]}")
+        _SHOWN.where(numbers.where(f"{digits[:8]}-{digits[8:]}"))
     ).first()
     if row is None or not hmac.compare_digest(row.vault_token_digest, digest):
         return None

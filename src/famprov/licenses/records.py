@@ -13,6 +13,7 @@ from sqlalchemy import Engine, Row, Select, select, update
 from famprov.clock import Clock
 from famprov.errors import NotFoundError, OperatorError
 from famprov.invitations.outbox import PENDING, queue_invitation
+from famprov.licenses.numbers import OrderNumbers
 from famprov.licenses.service import INVITED, LIVE, REVOKED, effective_status
 from famprov.store import WRITE
 from famprov.store.schema import licenses, outbox, partners
@@ -101,7 +102,7 @@ def list_licenses(
 def get_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRecord:
     with engine.connect() as conn:
         row = conn.execute(
-            _query().where(licenses.c.order_number == order_number)
+            _query().where(OrderNumbers.load(conn).where(order_number))
         ).first()
     if row is None:
         raise NotFoundError(f"no license with order number {order_number!r}")
@@ -113,8 +114,8 @@ def revoke_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRe
     granted again."""
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         row = conn.execute(
-            select(licenses.c.status, licenses.c.expires_at).where(
-                licenses.c.order_number == order_number
+            select(licenses.c.id, licenses.c.status, licenses.c.expires_at).where(
+                OrderNumbers.load(conn).where(order_number)
             )
         ).first()
         if row is None:
@@ -124,7 +125,7 @@ def revoke_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRe
             raise OperatorError(f"license {order_number} is {status}, not revocable")
         conn.execute(
             update(licenses)
-            .where(licenses.c.order_number == order_number)
+            .where(licenses.c.id == row.id)
             .values(status=REVOKED, revoked_at=clock.now(), live_email_key=None)
         )
     return get_license(engine, clock, order_number)
@@ -141,7 +142,7 @@ def resend_invitation(engine: Engine, clock: Clock, order_number: str) -> int:
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         row = conn.execute(
             select(licenses.c.id, licenses.c.status, licenses.c.expires_at).where(
-                licenses.c.order_number == order_number
+                OrderNumbers.load(conn).where(order_number)
             )
         ).first()
         if row is None:

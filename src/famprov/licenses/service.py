@@ -51,6 +51,7 @@ from famprov.errors import (
 )
 from famprov.keys import Keyring, token_context, token_digest
 from famprov.licenses import fields
+from famprov.licenses.numbers import OrderNumbers, reserve
 from famprov.licenses.plans import CATALOGUE, DEFAULT_PLAN, Plan
 from famprov.licenses.terms import years_after
 from famprov.partners.service import PartnerDirectory, authenticate
@@ -85,25 +86,26 @@ class Grant:
     replayed: bool
 
 
-def new_identities(count: int) -> Iterator[tuple[str, str]]:
-    """Fresh (order number, vault token) pairs, from one read of the OS's
-    randomness for the lot.
+def new_identities(
+    reserved: Sequence[tuple[int, str]],
+) -> Iterator[tuple[int, str, str]]:
+    """(license id, order number, vault token) for each reserved id and its
+    order number (`famprov.licenses.numbers.reserve`), from one read of the
+    OS's randomness for the lot.
 
-    An order number is eight digits, a hyphen and four digits, drawn from 64
-    random bits (the skew of the modulo is below one in ten million): never
-    sequential. A vault token is the order number's twelve digits followed
-    by 256 random bits, URL-safe: the invitation page finds the license by
-    the number and checks the rest (`famprov.licenses.acceptance`), so the
-    store needs no index of tokens, whose random keys would cost every
-    grant a page write.
+    A vault token is the order number's twelve digits followed by 256
+    random bits, URL-safe: the invitation page finds the license by the
+    number and checks the rest (`famprov.licenses.acceptance`), so the store
+    needs no index of tokens, whose random keys would cost every grant a
+    page write.
     """
-    pool = os.urandom(count * 40)
-    for start in range(0, count * 40, 40):
-        number = int.from_bytes(pool[start : start + 8]) % 10**12
-        secret = base64.urlsafe_b64encode(pool[start + 8 : start + 40])
-        digits = f"{number:012d}"
-        token = digits + secret.rstrip(b"=").decode()
-        yield f"{digits[:8]}-{digits[8:]}", token
+    pool = os.urandom(len(reserved) * 32)
+    for start, (license_id, number) in zip(
+        range(0, len(pool), 32), reserved, strict=True
+    ):
+        secret = base64.urlsafe_b64encode(pool[start : start + 32])
+        token = number.replace("-", "") + secret.rstrip(b"=").decode()
+        yield license_id, number, token
 
 
 def vault_url(public_url: str, token: str) -> str:
@@ -185,7 +187,11 @@ class GrantService:
 
 
 def record(
-    conn: Connection, jobs: Sequence[GrantJob], now: datetime, keyring: Keyring
+    conn: Connection,
+    jobs: Sequence[GrantJob],
+    now: datetime,
+    keyring: Keyring,
+    numbers: OrderNumbers,
 ) -> list[Grant | FamprovError]:
     """Write the batch's licenses and their invitations; answer replays.
 
@@ -196,15 +202,15 @@ def record(
     """
     sql = RawSQL(conn)
     terms = _Terms(sql, now)
-    known = _Known.read(sql, jobs, new_identities(len(jobs)), keyring)
+    # An id for each job, in case each is a new grant: on PostgreSQL those of
+    # replays and refusals are skipped.
+    identities = new_identities(reserve(sql, numbers, len(jobs)))
+    known = _Known.read(sql, jobs, identities, keyring)
     outcomes: list[Grant | FamprovError] = []
-    created: list[tuple[GrantJob, Grant]] = []
+    created: list[tuple[GrantJob, Grant, int]] = []
     expired: list[int] = []
     for job in jobs:
-        outcome = known.decide(job, terms, expired)
-        if isinstance(outcome, Grant) and not outcome.replayed:
-            created.append((job, outcome))
-        outcomes.append(outcome)
+        outcomes.append(known.decide(job, terms, expired, created))
 
     if expired:
         sql.execute_many(
@@ -214,7 +220,7 @@ def record(
         )
     if created:
         _insert(sql, created, terms, keyring)
-        _count_licenses(sql, Counter(job.partner_id for job, _ in created))
+        _count_licenses(sql, Counter(job.partner_id for job, _, _ in created))
     return outcomes
 
 
@@ -267,11 +273,15 @@ def batch_recorder(
     keyring: Keyring,
 ) -> Callable[[Connection, Sequence[tuple[Any, ...]], datetime], list[Any]]:
     """`record`, for the writer process: jobs and outcomes as plain values."""
+    loaded: list[OrderNumbers] = []
 
     def record_batch(
         conn: Connection, jobs: Sequence[tuple[Any, ...]], now: datetime
     ) -> list[tuple[Any, ...]]:
-        outcomes = record(conn, [decode_job(job) for job in jobs], now, keyring)
+        if not loaded:
+            loaded.append(OrderNumbers.load(conn))  # the store's, for good
+        decoded = [decode_job(job) for job in jobs]
+        outcomes = record(conn, decoded, now, keyring, loaded[0])
         return [encode_outcome(outcome) for outcome in outcomes]
 
     return record_batch
@@ -345,14 +355,14 @@ class _Known:
     holders: dict[tuple[int, str], _Holder]
     # Licenses each partner may still be granted; None for no quota.
     room: dict[int, int | None]
-    identities: Iterator[tuple[str, str]]
+    identities: Iterator[tuple[int, str, str]]
 
     @classmethod
     def read(
         cls,
         sql: RawSQL,
         jobs: Sequence[GrantJob],
-        identities: Iterator[tuple[str, str]],
+        identities: Iterator[tuple[int, str, str]],
         keyring: Keyring,
     ) -> _Known:
         known = cls({}, {}, {}, identities)
@@ -402,8 +412,14 @@ class _Known:
         return known
 
     def decide(
-        self, job: GrantJob, terms: _Terms, expired: list[int]
+        self,
+        job: GrantJob,
+        terms: _Terms,
+        expired: list[int],
+        created: list[tuple[GrantJob, Grant, int]],
     ) -> Grant | FamprovError:
+        """The job's outcome; a new grant joins ``created`` with its id, a
+        license it replaces (expired, not yet marked so) ``expired``."""
         person = job.person
         details = (person.email_key, person.first_name, person.last_name)
         earlier = self.earlier.get((job.partner_id, job.transaction_id))
@@ -427,7 +443,9 @@ class _Known:
             assert holder.license_id is not None  # one of ours has not expired
             expired.append(holder.license_id)
 
-        grant = Grant(*next(self.identities), replayed=False)
+        license_id, order_number, vault_token = next(self.identities)
+        grant = Grant(order_number, vault_token, replayed=False)
+        created.append((job, grant, license_id))
         self.earlier[(job.partner_id, job.transaction_id)] = _Earlier(
             grant.order_number, grant.vault_token, details
         )
@@ -441,12 +459,13 @@ class _Known:
 _NO_LICENSE = ", ".join(["NULL"] * 9)
 
 _LICENSE_COLUMNS = (
-    "order_number, partner_id, transaction_id, email, email_key, live_email_key, "
+    "id, order_number, partner_id, transaction_id, email, email_key, live_email_key, "
     "first_name, last_name, plan, products, status, created_at, starts_at, "
     "expires_at, vault_token_digest, sealed_vault_token"
 )
 # The PostgreSQL type of each of those columns, read from a batch's JSON.
 _LICENSE_TYPES = [
+    "int",
     "text",
     "int",
     "text",
@@ -469,7 +488,7 @@ _OUTBOX_COLUMNS = "license_id, kind, status, attempts, next_attempt_at, created_
 
 def _insert(
     sql: RawSQL,
-    created: list[tuple[GrantJob, Grant]],
+    created: list[tuple[GrantJob, Grant, int]],
     terms: _Terms,
     keyring: Keyring,
 ) -> None:
@@ -480,11 +499,12 @@ def _insert(
     """
     at = terms.stored_now
     rows = []
-    for job, grant in created:
+    for job, grant, license_id in created:
         _, ends, products = terms.of(job.plan)
         person = job.person
         rows.append(
             (
+                license_id,
                 grant.order_number,
                 job.partner_id,
                 job.transaction_id,
@@ -511,8 +531,7 @@ def _insert(
         sql.execute_many(_SQLITE_INSERT, rows)
         sql.execute(
             f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) "  # noqa: S608 - placeholders only
-            "SELECT id, 'invitation', 'pending', 0, ?, ? FROM licenses "
-            "WHERE order_number IN (SELECT value FROM json_each(?))",
+            "SELECT value, 'invitation', 'pending', 0, ?, ? FROM json_each(?)",
             (at, at, json_list([row[0] for row in rows])),
         )
         return

@@ -80,7 +80,9 @@ licenses = Table(
     "licenses",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("order_number", String(13), nullable=False, unique=True),
+    # The id through the store's permutation (`famprov.licenses.numbers`):
+    # unique because ids are, and found through the id, so no index.
+    Column("order_number", String(13), nullable=False),
     Column("partner_id", ForeignKey("partners.id"), nullable=False),
     Column("transaction_id", String(128), nullable=False),
     Column("email", String(320), nullable=False),
@@ -104,7 +106,7 @@ licenses = Table(
     # its license by the order number the token begins with and compares the
     # token's digest, and a replay of the grant and the invitation mail read
     # it sealed with the operator's key, so a copy of the database alone
-    # yields no working vault URL. No index: the order number's serves.
+    # yields no working vault URL. No index: the order number leads to the id.
     Column("vault_token_digest", String(43), nullable=False),
     Column("sealed_vault_token", Text, nullable=False),
     UniqueConstraint("partner_id", "transaction_id", name="uq_licenses_partner_txn"),
@@ -145,4 +147,24 @@ legacy_vault_tokens = Table(
     metadata,
     Column("vault_token_digest", String(43), primary_key=True),
     Column("license_id", ForeignKey("licenses.id"), nullable=False),
+)
+
+# Order numbers from before they were permuted ids (revision 0007): drawn at
+# random, found here. New grants add nothing, and skip the ids whose number
+# one of these holds.
+legacy_order_numbers = Table(
+    "legacy_order_numbers",
+    metadata,
+    Column("order_number", String(13), primary_key=True),
+    Column("license_id", ForeignKey("licenses.id"), nullable=False),
+)
+
+# Keys the store makes for itself and keeps: the permutation of order
+# numbers (`famprov.licenses.numbers`), which hides nothing the store does
+# not show to whoever reads it.
+store_keys = Table(
+    "store_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

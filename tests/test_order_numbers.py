@@ -1,0 +1,97 @@
+"""Order numbers are the licenses' ids through the store's permutation: the
+number finds its license through the id, and the numbers drawn at random
+before revision 0007 stay valid and are never given again."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from click.testing import CliRunner
+from sqlalchemy import Engine, insert, select, update
+
+from famprov.cli import main
+from famprov.keys import Keyring, token_context
+from famprov.licenses.numbers import OrderNumbers
+from famprov.store import WRITE
+from famprov.store.schema import legacy_order_numbers, licenses
+from support import V1_PATH, Partner
+
+
+def shown_email(env: dict[str, str], order: str) -> str | None:
+    result = CliRunner().invoke(main, ["license", "show", order, "--json"], env=env)
+    if result.exit_code != 0:
+        assert "no license with order number" in result.output
+        return None
+
+    email: str = json.loads(result.stdout)["email"]
+    return email
+
+
+def test_each_grant_gets_its_ids_number_and_is_found_by_it(
+    http: httpx.Client, partner: Partner, engine: Engine, env: dict[str, str]
+) -> None:
+    orders = [
+        http.get(
+            V1_PATH,
+            params=partner.params(transaction_id=str(n), email=f"p{n}@example.com"),
+        ).json()["order_number"]
+        for n in range(5)
+    ]
+    with engine.connect() as conn:
+        numbers = OrderNumbers.load(conn)
+        stored = conn.execute(
+            select(licenses.c.id, licenses.c.order_number, licenses.c.email)
+        ).all()
+    assert sorted(orders) == sorted(order for _, order, _ in stored)
+    assert all(numbers.of(license_id) == order for license_id, order, _ in stored)
+    for _, order, email in stored:
+        assert shown_email(env, order) == email
+    # A number of the right shape that no license holds finds nothing,
+    # whatever id it leads back to.
+    missing = numbers.of(max(license_id for license_id, _, _ in stored) + 1)
+    assert shown_email(env, missing) is None
+
+
+def test_a_number_drawn_before_is_never_given_again(
+    http: httpx.Client,
+    partner: Partner,
+    engine: Engine,
+    env: dict[str, str],
+    keyring: Keyring,
+) -> None:
+    http.get(V1_PATH, params=partner.params())
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        numbers = OrderNumbers.load(conn)
+        first, order, sealed = conn.execute(
+            select(
+                licenses.c.id, licenses.c.order_number, licenses.c.sealed_vault_token
+            )
+        ).one()
+        # The first license as one granted before 0007, whose random number
+        # happens to be the one the next id leads to (its token sealed with
+        # that number, as it would have been).
+        taken = numbers.of(first + 1)
+        token = keyring.open(sealed, token_context(order))
+        conn.execute(
+            update(licenses)
+            .where(licenses.c.id == first)
+            .values(
+                order_number=taken,
+                sealed_vault_token=keyring.seal(token, token_context(taken)),
+            )
+        )
+        conn.execute(
+            insert(legacy_order_numbers).values(order_number=taken, license_id=first)
+        )
+
+    second = http.get(
+        V1_PATH, params=partner.params(transaction_id="2", email="b@example.com")
+    )
+    assert second.status_code == 200
+    assert second.json()["order_number"] == numbers.of(first + 2)
+    assert shown_email(env, taken) == "ann@example.com"
+    assert shown_email(env, numbers.of(first + 2)) == "b@example.com"
+    # A replay of the first grant still answers with its number.
+    replay = http.get(V1_PATH, params=partner.params())
+    assert replay.json()["order_number"] == taken
