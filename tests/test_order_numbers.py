@@ -14,6 +14,7 @@ from famprov.cli import main
 from famprov.keys import Keyring, token_context
 from famprov.licenses.numbers import OrderNumbers
 from famprov.store import WRITE
+from famprov.store.raw import RawSQL
 from famprov.store.schema import legacy_order_numbers, licenses
 from support import V1_PATH, Partner
 
@@ -39,7 +40,7 @@ def test_each_grant_gets_its_ids_number_and_is_found_by_it(
         for n in range(5)
     ]
     with engine.connect() as conn:
-        numbers = OrderNumbers.load(conn)
+        numbers = OrderNumbers.load(RawSQL.on(conn))
         stored = conn.execute(
             select(licenses.c.id, licenses.c.order_number, licenses.c.email)
         ).all()
@@ -62,7 +63,7 @@ def test_a_number_drawn_before_is_never_given_again(
 ) -> None:
     http.get(V1_PATH, params=partner.params())
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        numbers = OrderNumbers.load(conn)
+        numbers = OrderNumbers.load(RawSQL.on(conn))
         first, order, sealed = conn.execute(
             select(
                 licenses.c.id, licenses.c.order_number, licenses.c.sealed_vault_token

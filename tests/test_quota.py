@@ -34,7 +34,7 @@ from famprov.keys import Keyring
 from famprov.licenses import fields
 from famprov.licenses.numbers import OrderNumbers
 from famprov.licenses.plans import DEFAULT_PLAN
-from famprov.licenses.service import Grant, GrantJob, _count_licenses, record
+from famprov.licenses.recording import Grant, GrantJob, _count_licenses, record
 from famprov.partners.service import (
     add_partner,
     find_partner,
@@ -298,7 +298,8 @@ def test_within_a_batch_the_quota_runs_out_at_the_same_grant_as_one_by_one(
         job(other.id, "y", "y@example.com"),  # the other partner, still free
     ]
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        outcomes = record(conn, jobs, clock.now(), keyring, OrderNumbers.load(conn))
+        sql = RawSQL.on(conn)
+        outcomes = record(sql, jobs, clock.now(), keyring, OrderNumbers.load(sql))
 
     kinds = [type(outcome) for outcome in outcomes]
     assert kinds == [
@@ -331,7 +332,7 @@ def test_a_count_that_no_longer_fits_the_quota_is_not_written(
     operator lowered the quota, it changes nothing and says so."""
     partner = add_partner(engine, keyring, clock, "acme", SALT, quota=2)
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        sql = RawSQL(conn)
+        sql = RawSQL.on(conn)
         _count_licenses(sql, Counter({partner.id: 2}))
         with pytest.raises(StaleReadError):
             _count_licenses(sql, Counter({partner.id: 1}))
@@ -490,13 +491,9 @@ def test_the_migration_counts_the_licenses_granted_before_it(
         for n in range(3)
     ]
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
-        record(
-            conn,
-            [GrantJob(partner.id, p.email, p, DEFAULT_PLAN) for p in who],
-            clock.now(),
-            keyring,
-            OrderNumbers.load(conn),
-        )
+        sql = RawSQL.on(conn)
+        jobs = [GrantJob(partner.id, p.email, p, DEFAULT_PLAN) for p in who]
+        record(sql, jobs, clock.now(), keyring, OrderNumbers.load(sql))
     migrate.downgrade(engine, "0003", keyring=keyring)
     assert migrate.current(engine) == "0003"
 

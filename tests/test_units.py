@@ -17,7 +17,7 @@ from famprov.api.partner_v1 import parse_query
 from famprov.errors import DuplicateParameterError, InvalidRequestError
 from famprov.licenses import fields
 from famprov.licenses.numbers import OrderNumbers, new_key
-from famprov.licenses.service import new_identities
+from famprov.licenses.recording import new_identities
 from famprov.licenses.terms import years_after
 from famprov.logs import Secret, redact_email, redact_emails
 from famprov.partners.hashing import compute_hash, verify_hash

@@ -66,3 +66,18 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_the_writer_process_writes_through_the_driver_alone(
+    server: LiveServer, http: httpx.Client, partner: Partner
+) -> None:
+    # SQLAlchemy would cost the process about 28 MB for the life of the
+    # server; its compiled modules show in the process's memory map once
+    # imported. The driver's show that it was the one writing.
+    assert http.get(V1_PATH, params=partner.params()).status_code == 200
+    [writer] = writer_processes(os.getpid())
+    mapped = Path(f"/proc/{writer}/maps").read_text()
+    assert "/sqlalchemy/" not in mapped
+    assert "_sqlite3" in mapped or "psycopg" in mapped
+    # A server of this process, which loads SQLAlchemy, for comparison.
+    assert "/sqlalchemy/" in Path(f"/proc/{os.getpid()}/maps").read_text()

@@ -29,7 +29,8 @@ from famprov.errors import (
     RateLimitedError,
 )
 from famprov.licenses.fields import PARAMETERS
-from famprov.licenses.service import Grant, GrantService, vault_url
+from famprov.licenses.recording import Grant
+from famprov.licenses.service import GrantService, vault_url
 
 PATHS = frozenset({"/bi_api/v1/services/partner/create-license", "/create-license"})
 MAX_PARAMETERS = 32

@@ -33,7 +33,8 @@ from famprov.config import Settings
 from famprov.invitations import message, transports
 from famprov.invitations.transports import DeliveryError, Transport
 from famprov.keys import Keyring, token_context
-from famprov.licenses.service import REVOKED, vault_url
+from famprov.licenses.service import vault_url
+from famprov.licenses.terms import REVOKED
 from famprov.logs import log, redact_email, redact_emails
 from famprov.store import WRITE
 from famprov.store.schema import licenses, outbox, partners

@@ -19,9 +19,9 @@ from sqlalchemy import Connection, Engine, select, update
 from famprov.clock import Clock
 from famprov.errors import InvitationGoneError, NotFoundError
 from famprov.keys import token_digest
-from famprov.licenses.numbers import OrderNumbers
 from famprov.licenses.plans import product_name
-from famprov.licenses.service import ACTIVE, INVITED, effective_status
+from famprov.licenses.records import with_order_number
+from famprov.licenses.terms import ACTIVE, INVITED, effective_status
 from famprov.store import WRITE
 from famprov.store.schema import legacy_vault_tokens, licenses, partners
 
@@ -98,10 +98,8 @@ def _find(conn: Connection, token: str) -> Any:
                 legacy.c.vault_token_digest == digest
             )
         ).first()
-    numbers = OrderNumbers.load(conn)
-    row = conn.execute(
-        _SHOWN.where(numbers.where(f"{digits[:8]}-{digits[8:]}"))
-    ).first()
+    order_number = f"{digits[:8]}-{digits[8:]}"
+    row = conn.execute(_SHOWN.where(with_order_number(conn, order_number))).first()
     if row is None or not hmac.compare_digest(row.vault_token_digest, digest):
         return None
     return row

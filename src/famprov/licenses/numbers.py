@@ -13,7 +13,7 @@ function is keyed BLAKE2b, in the manner of NIST's FF1. Distinct ids give
 distinct numbers, so no index of numbers is needed to keep them unique;
 without the key, consecutive grants give numbers that look drawn at random;
 and the number leads back to the id, so a license is found by its number
-through its primary key.
+through its primary key (`famprov.licenses.records.with_order_number`).
 
 The key is the store's own, made with it (`store_keys`), and kept in plain
 text: it hides from partners how many licenses the store holds, which anyone
@@ -29,10 +29,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, or_, select
-
 from famprov.store.raw import RawSQL
-from famprov.store.schema import legacy_order_numbers, licenses, store_keys
 
 KEY_NAME = "order_numbers"
 ROUNDS = 10
@@ -59,10 +56,11 @@ class OrderNumbers:
         return "OrderNumbers(<key hidden>)"
 
     @classmethod
-    def load(cls, conn: Connection) -> OrderNumbers:
-        key = conn.execute(
-            select(store_keys.c.value).where(store_keys.c.name == KEY_NAME)
-        ).scalar_one()
+    def load(cls, sql: RawSQL) -> OrderNumbers:
+        """The store's permutation."""
+        (key,) = sql.execute(
+            "SELECT value FROM store_keys WHERE name = ?", (KEY_NAME,)
+        ).fetchone()
         return cls(key)
 
     def _round(self, number: int, half: int) -> int:
@@ -91,18 +89,6 @@ class OrderNumbers:
         for number in reversed(range(ROUNDS)):
             left, right = (right - self._round(number, left)) % HALF, left
         return left * HALF + right
-
-    def where(self, order_number: str) -> ColumnElement[bool]:
-        """The test that finds the license with this number, by its id, or
-        through `legacy_order_numbers` for a number of before 0007."""
-        legacy = select(legacy_order_numbers.c.license_id).where(
-            legacy_order_numbers.c.order_number == order_number
-        )
-        license_id = self.license_id(order_number)
-        by_id: ColumnElement[bool] = licenses.c.id.in_(legacy)
-        if license_id is not None and license_id <= MAX_ID:
-            by_id = or_(licenses.c.id == license_id, by_id)
-        return (licenses.c.order_number == order_number) & by_id
 
 
 def reserve(sql: RawSQL, numbers: OrderNumbers, count: int) -> list[tuple[int, str]]:

@@ -8,15 +8,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, Select, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    or_,
+    select,
+    update,
+)
 
 from famprov.clock import Clock
 from famprov.errors import NotFoundError, OperatorError
 from famprov.invitations.outbox import PENDING, queue_invitation
-from famprov.licenses.numbers import OrderNumbers
-from famprov.licenses.service import INVITED, LIVE, REVOKED, effective_status
+from famprov.licenses.numbers import MAX_ID, OrderNumbers
+from famprov.licenses.terms import INVITED, LIVE, REVOKED, effective_status
 from famprov.store import WRITE
-from famprov.store.schema import licenses, outbox, partners
+from famprov.store.raw import RawSQL
+from famprov.store.schema import legacy_order_numbers, licenses, outbox, partners
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +109,24 @@ def list_licenses(
         return [_record(row, now) for row in conn.execute(query)]
 
 
+def with_order_number(conn: Connection, order_number: str) -> ColumnElement[bool]:
+    """The test that finds the license with this order number: by the id it
+    leads back to (`famprov.licenses.numbers`), or through
+    `legacy_order_numbers` for a number of before revision 0007."""
+    legacy = select(legacy_order_numbers.c.license_id).where(
+        legacy_order_numbers.c.order_number == order_number
+    )
+    license_id = OrderNumbers.load(RawSQL.on(conn)).license_id(order_number)
+    by_id: ColumnElement[bool] = licenses.c.id.in_(legacy)
+    if license_id is not None and license_id <= MAX_ID:
+        by_id = or_(licenses.c.id == license_id, by_id)
+    return (licenses.c.order_number == order_number) & by_id
+
+
 def get_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRecord:
     with engine.connect() as conn:
         row = conn.execute(
-            _query().where(OrderNumbers.load(conn).where(order_number))
+            _query().where(with_order_number(conn, order_number))
         ).first()
     if row is None:
         raise NotFoundError(f"no license with order number {order_number!r}")
@@ -115,7 +139,7 @@ def revoke_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRe
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         row = conn.execute(
             select(licenses.c.id, licenses.c.status, licenses.c.expires_at).where(
-                OrderNumbers.load(conn).where(order_number)
+                with_order_number(conn, order_number)
             )
         ).first()
         if row is None:
@@ -142,7 +166,7 @@ def resend_invitation(engine: Engine, clock: Clock, order_number: str) -> int:
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         row = conn.execute(
             select(licenses.c.id, licenses.c.status, licenses.c.expires_at).where(
-                OrderNumbers.load(conn).where(order_number)
+                with_order_number(conn, order_number)
             )
         ).first()
         if row is None:

@@ -10,17 +10,23 @@ matching synchronous driver for the same database.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any
 
 from famprov.errors import FamprovError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
+
+# SQLAlchemy is imported in the functions that use it, not here: the writer
+# process imports modules of this package (`famprov.store.writer_process`)
+# and never loads SQLAlchemy (docs/performance.md).
 
 _SYNC_DRIVERS = {
     "sqlite": "sqlite+pysqlite",
     "postgresql": "postgresql+psycopg",
 }
+_DBAPI_MODULES = {"sqlite": "sqlite3", "postgresql": "psycopg"}
 
 
 class StoreFolderError(FamprovError):
@@ -37,8 +43,20 @@ def sync_url(url: URL) -> URL:
     return url.set(drivername=_SYNC_DRIVERS[url.get_backend_name()])
 
 
+def connect_arguments(url: URL) -> tuple[str, list[Any], dict[str, Any]]:
+    """How to open a driver connection to the store without SQLAlchemy (the
+    writer process does): the DBAPI module's name, and the arguments and
+    keywords of its ``connect``, as SQLAlchemy's dialect works them out."""
+    url = sync_url(url)
+    dialect = url.get_dialect()()
+    args, kwargs = dialect.create_connect_args(url)
+    return _DBAPI_MODULES[url.get_backend_name()], list(args), dict(kwargs)
+
+
 def open_engine(url: URL, *, echo: bool = False) -> Engine:
     """Create the engine, with SQLite set up for durable concurrent use."""
+    from sqlalchemy import create_engine, event
+
     url = sync_url(url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url, echo=echo, pool_pre_ping=True, hide_parameters=True)
@@ -54,15 +72,7 @@ def open_engine(url: URL, *, echo: bool = False) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # The driver's own transaction handling is switched off so that the
-        # BEGIN below is the only one, with the lock mode we choose.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
+        prepare_sqlite(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -76,8 +86,22 @@ def open_engine(url: URL, *, echo: bool = False) -> Engine:
     return engine
 
 
+def prepare_sqlite(dbapi_connection: Any) -> None:
+    """Set up a sqlite3 connection to the embedded store, the writer
+    process's included."""
+    # The driver's own transaction handling is switched off so that each
+    # BEGIN is ours, with the lock mode we choose.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=FULL")
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
+    dbapi_connection.execute("PRAGMA busy_timeout=10000")
+
+
 def is_reachable(engine: Engine) -> bool:
     """True when the database answers a trivial query."""
+    from sqlalchemy import text
+
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

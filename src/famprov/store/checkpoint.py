@@ -24,24 +24,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection
-
 from famprov.logs import log
 
 INTERVAL_SECONDS = 0.25
 RESTART_PAGES = 16_384  # 64 MiB of 4 KiB pages
-# The writer's page cache: the unique indexes of order numbers and vault
-# tokens take random keys, so their pages are touched all over.
-WRITER_CACHE_KIB = 8_192
 
 
-def prepare_writer(conn: Connection) -> None:
-    """Set up the batching writer's own connection."""
-    if conn.dialect.name != "sqlite":
-        return
-    driver: Any = conn.connection.driver_connection
+def prepare_writer(driver: Any) -> None:
+    """Set up the batching writer's own sqlite3 connection."""
     driver.execute("PRAGMA wal_autocheckpoint=0")
-    driver.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
 
 
 class Checkpoints:
@@ -68,11 +59,11 @@ class Checkpoints:
     def due(self) -> bool:
         return self.wait() == 0.0
 
-    def run(self, conn: Connection) -> None:
-        """Checkpoint on the writer's connection, outside any transaction."""
+    def run(self, driver: Any) -> None:
+        """Checkpoint on the writer's sqlite3 connection, outside any
+        transaction."""
         self._waiting = False
         self._last = time.monotonic()
-        driver: Any = conn.connection.driver_connection
         try:
             _busy, pages, _copied = driver.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)"

@@ -1,11 +1,12 @@
 """Driver-level SQL for the grant path, on either backend.
 
 The batching writer runs a handful of statements per batch, each over many
-rows; at that rate SQLAlchemy's per-statement and per-row work costs more
-than the database's, and it runs on the interpreter lock that the event loop
-needs. `RawSQL` hands plain SQL and values straight to the driver connection
-under a SQLAlchemy connection (inside its transaction), with the
-placeholders, lists and times each backend expects. Every other path goes
+rows, in a process of its own that does not load SQLAlchemy at all (about
+28 MB of memory, and its per-statement work): `RawSQL` hands plain SQL and
+values straight to a driver connection (sqlite3 or psycopg), with the
+placeholders, lists and times each backend expects. `RawSQL.on` gives the
+same under a SQLAlchemy connection, inside its transaction, for the few
+reads elsewhere that share the writer's statements. Every other path goes
 through SQLAlchemy Core.
 """
 
@@ -15,9 +16,10 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +39,21 @@ def json_list(values: Sequence[Any]) -> str:
 class RawSQL:
     """Statements written with ``?`` placeholders, run on the driver."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._sqlite = conn.dialect.name == "sqlite"
-        self._driver: Any = conn.connection.driver_connection
+    def __init__(self, driver: Any, *, sqlite: bool) -> None:
+        self._driver = driver
+        self._sqlite = sqlite
+
+    @classmethod
+    def on(cls, conn: Connection) -> RawSQL:
+        """The driver connection under a SQLAlchemy connection, inside its
+        transaction."""
+        return cls(
+            conn.connection.driver_connection, sqlite=conn.dialect.name == "sqlite"
+        )
+
+    @property
+    def driver(self) -> Any:
+        return self._driver
 
     @property
     def is_sqlite(self) -> bool:

@@ -35,12 +35,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from famprov.errors import FamprovError
 from famprov.logs import log
+from famprov.store import connect_arguments
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -117,7 +119,7 @@ class BatchWriter(Generic[J, R]):
         if processes < 1 or (processes > 1 and database.get_backend_name() == "sqlite"):
             raise ValueError("SQLite takes one writer process")
         self._config = {
-            "database": database.render_as_string(hide_password=False),
+            "connect": connect_arguments(database),
             "target": target,
             "argument": argument,
             "max_batch": max_batch,
