@@ -32,7 +32,7 @@ from famprov.errors import (
 )
 from famprov.keys import Keyring
 from famprov.licenses import fields
-from famprov.licenses.numbers import OrderNumbers
+from famprov.licenses.numbers import Numbering
 from famprov.licenses.plans import DEFAULT_PLAN
 from famprov.licenses.recording import Grant, GrantJob, _count_licenses, record
 from famprov.partners.service import (
@@ -299,7 +299,7 @@ def test_within_a_batch_the_quota_runs_out_at_the_same_grant_as_one_by_one(
     ]
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         sql = RawSQL.on(conn)
-        outcomes = record(sql, jobs, clock.now(), keyring, OrderNumbers.load(sql))
+        outcomes = record(sql, jobs, clock.now(), keyring, Numbering.load(sql))
 
     kinds = [type(outcome) for outcome in outcomes]
     assert kinds == [
@@ -493,7 +493,7 @@ def test_the_migration_counts_the_licenses_granted_before_it(
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         sql = RawSQL.on(conn)
         jobs = [GrantJob(partner.id, p.email, p, DEFAULT_PLAN) for p in who]
-        record(sql, jobs, clock.now(), keyring, OrderNumbers.load(sql))
+        record(sql, jobs, clock.now(), keyring, Numbering.load(sql))
     migrate.downgrade(engine, "0003", keyring=keyring)
     assert migrate.current(engine) == "0003"
 

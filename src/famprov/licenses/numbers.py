@@ -19,7 +19,7 @@ The key is the store's own, made with it (`store_keys`), and kept in plain
 text: it hides from partners how many licenses the store holds, which anyone
 who can read the store sees anyway. The numbers drawn at random before
 revision 0007 stay valid in `legacy_order_numbers`; a new number that
-happens to equal one of them is skipped (`reserve`).
+happens to equal one of them is skipped (`Numbering.reserve`).
 """
 
 from __future__ import annotations
@@ -91,40 +91,69 @@ class OrderNumbers:
         return left * HALF + right
 
 
-def reserve(sql: RawSQL, numbers: OrderNumbers, count: int) -> list[tuple[int, str]]:
-    """``count`` fresh (license id, order number) pairs, in the writer's
-    transaction.
+class Numbering:
+    """How the writer numbers new licenses: the store's permutation, and
+    what it reads once, at its first batch, to reserve ids cheaply.
 
-    On SQLite, whose one writer holds the store, the ids after the highest;
-    on PostgreSQL, from the ids' sequence, whose values another writer never
-    gets (those of a batch that rolls back, or of jobs that turn out to be
-    replays, are skipped: the gaps never show, numbers being permuted). An
-    id whose number a license of before 0007 holds is passed over.
+    Whether there are numbers of before 0007 cannot change while a server
+    runs: only migration 0007 writes them, and a store behind its migrations
+    is not served.
     """
-    fresh: list[tuple[int, str]] = []
-    after = 0
-    while len(fresh) < count:
-        ids = _next_ids(sql, count - len(fresh), after)
-        after = ids[-1]
-        pairs = [(license_id, numbers.of(license_id)) for license_id in ids]
-        taken = _legacy_among(sql, [number for _, number in pairs])
-        fresh += [pair for pair in pairs if pair[1] not in taken]
-    return fresh
 
+    def __init__(self, numbers: OrderNumbers, sequence: str | None, legacy: bool):
+        self._numbers = numbers
+        self._sequence = sequence  # PostgreSQL's sequence of license ids
+        self._legacy = legacy
 
-def _next_ids(sql: RawSQL, count: int, after: int) -> list[int]:
-    if sql.is_sqlite:
-        (highest,) = sql.execute("SELECT coalesce(max(id), 0) FROM licenses").fetchone()
-        start = max(highest, after) + 1
-        return list(range(start, start + count))
-    return [
-        row[0]
-        for row in sql.execute(
-            "SELECT nextval(pg_get_serial_sequence('licenses', 'id')) "
-            "FROM generate_series(1, ?)",
-            (count,),
-        )
-    ]
+    @classmethod
+    def load(cls, sql: RawSQL) -> Numbering:
+        sequence = None
+        if not sql.is_sqlite:
+            (sequence,) = sql.execute(
+                "SELECT pg_get_serial_sequence('licenses', 'id')"
+            ).fetchone()
+        (legacy,) = sql.execute(
+            "SELECT EXISTS (SELECT 1 FROM legacy_order_numbers)"
+        ).fetchone()
+        return cls(OrderNumbers.load(sql), sequence, bool(legacy))
+
+    def reserve(self, sql: RawSQL, count: int) -> list[tuple[int, str]]:
+        """``count`` fresh (license id, order number) pairs, in the writer's
+        transaction.
+
+        On SQLite, whose one writer holds the store, the ids after the
+        highest; on PostgreSQL, from the ids' sequence, whose values another
+        writer never gets (those of a batch that rolls back, or of jobs that
+        turn out to be replays, are skipped: the gaps never show, numbers
+        being permuted). An id whose number a license of before 0007 holds
+        is passed over.
+        """
+        fresh: list[tuple[int, str]] = []
+        after = 0
+        while len(fresh) < count:
+            ids = self._next_ids(sql, count - len(fresh), after)
+            after = ids[-1]
+            pairs = [(license_id, self._numbers.of(license_id)) for license_id in ids]
+            if self._legacy:
+                taken = _legacy_among(sql, [number for _, number in pairs])
+                pairs = [pair for pair in pairs if pair[1] not in taken]
+            fresh += pairs
+        return fresh
+
+    def _next_ids(self, sql: RawSQL, count: int, after: int) -> list[int]:
+        if self._sequence is None:
+            (highest,) = sql.execute(
+                "SELECT coalesce(max(id), 0) FROM licenses"
+            ).fetchone()
+            start = max(highest, after) + 1
+            return list(range(start, start + count))
+        return [
+            row[0]
+            for row in sql.execute(
+                "SELECT nextval(?::regclass) FROM generate_series(1, ?)",
+                (self._sequence, count),
+            )
+        ]
 
 
 def _legacy_among(sql: RawSQL, candidates: Sequence[str]) -> set[Any]:
