@@ -37,6 +37,9 @@ HALF = 10**6  # each half of the Feistel network: six of the twelve digits
 # The highest id there can be: licenses.id is an INTEGER, 32 bits on
 # PostgreSQL. Most numbers lead back to ids beyond it, which no license has.
 MAX_ID = 2**31 - 1
+# The step of PostgreSQL's sequence of license ids (migration 0007): each
+# writer process takes this many ids at a time.
+ID_BLOCK = 1000
 
 
 def new_key() -> str:
@@ -100,17 +103,23 @@ class Numbering:
     is not served.
     """
 
-    def __init__(self, numbers: OrderNumbers, sequence: str | None, legacy: bool):
+    def __init__(
+        self, numbers: OrderNumbers, sequence: tuple[str, int] | None, legacy: bool
+    ):
         self._numbers = numbers
-        self._sequence = sequence  # PostgreSQL's sequence of license ids
+        # PostgreSQL's sequence of license ids, and its step: each value it
+        # gives is the first of a block of ids that this process alone uses.
+        self._sequence = sequence
+        self._block: list[int] = []
         self._legacy = legacy
 
     @classmethod
     def load(cls, sql: RawSQL) -> Numbering:
         sequence = None
         if not sql.is_sqlite:
-            (sequence,) = sql.execute(
-                "SELECT pg_get_serial_sequence('licenses', 'id')"
+            sequence = sql.execute(
+                "SELECT seqrelid::regclass::text, seqincrement FROM pg_sequence "
+                "WHERE seqrelid = pg_get_serial_sequence('licenses', 'id')::regclass"
             ).fetchone()
         (legacy,) = sql.execute(
             "SELECT EXISTS (SELECT 1 FROM legacy_order_numbers)"
@@ -122,11 +131,13 @@ class Numbering:
         transaction.
 
         On SQLite, whose one writer holds the store, the ids after the
-        highest; on PostgreSQL, from the ids' sequence, whose values another
-        writer never gets (those of a batch that rolls back, or of jobs that
-        turn out to be replays, are skipped: the gaps never show, numbers
-        being permuted). An id whose number a license of before 0007 holds
-        is passed over.
+        highest. On PostgreSQL, from a block of the ids' sequence, which
+        steps by `ID_BLOCK` (migration 0007): one ``nextval`` for many
+        batches, and no other writer ever gets an id of the block. Ids of a
+        batch that rolls back, of jobs that turn out to be replays, and of
+        a block a process leaves unfinished are skipped: the gaps never
+        show, numbers being permuted. An id whose number a license of before
+        0007 holds is passed over.
         """
         fresh: list[tuple[int, str]] = []
         after = 0
@@ -147,13 +158,12 @@ class Numbering:
             ).fetchone()
             start = max(highest, after) + 1
             return list(range(start, start + count))
-        return [
-            row[0]
-            for row in sql.execute(
-                "SELECT nextval(?::regclass) FROM generate_series(1, ?)",
-                (self._sequence, count),
-            )
-        ]
+        name, step = self._sequence
+        while len(self._block) < count:
+            (start,) = sql.execute("SELECT nextval(?::regclass)", (name,)).fetchone()
+            self._block += range(start, start + step)
+        ids, self._block = self._block[:count], self._block[count:]
+        return ids
 
 
 def _legacy_among(sql: RawSQL, candidates: Sequence[str]) -> set[Any]:
