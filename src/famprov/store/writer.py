@@ -1,11 +1,11 @@
 """The batching writer: many grants, one commit, in a process of its own.
 
 A durable commit costs a disk flush, and a flush per grant caps the service
-at a few thousand grants a second. So the serving process queues each job
-and hands every job queued since the last batch to a writer process, which
-applies them (``apply(connection, jobs, now)``) in one transaction, commits
-once, and only then sends back one outcome per job: no grant is
-acknowledged before it is on disk.
+at a few thousand grants a second. So the serving process sends each job to
+a writer process as it comes, and the writer process applies every job that
+arrived while it wrote its last batch (``apply(sql, jobs, now)``) in one
+transaction, commits once, and only then sends back one outcome per job:
+no grant is acknowledged before it is on disk.
 
 The writer is a process, not a thread, because of the interpreter lock:
 each statement a writer thread runs lets the lock go and must take it back
@@ -13,13 +13,14 @@ from the event loop, which holds it for whole rounds of requests. Measured
 on two cores (docs/performance.md), one such hand-over cost the writer
 thread about 1.8 ms, several times a batch, and the rate of grants was set
 by those waits. A process has an interpreter of its own; the serving
-process only writes one message per batch to a socket and reads one back.
+process only writes a message per round of its event loop to a socket, and
+reads one back per batch.
 
 Jobs and outcomes cross as plain values (see ``encode``/``decode`` of the
 caller), in length-prefixed pickles over a socket pair that only the two
 processes hold. The writer process leaves when its socket closes, so it
 never outlives the serving process. If it dies, a new one is started and
-given the batch it had in hand, written or not: sent again, a job is a
+given the jobs it had in hand, written or not: sent again, a job is a
 replay of its transaction id.
 """
 
@@ -77,11 +78,6 @@ def frame(message: Any) -> bytes:
     return len(payload).to_bytes(HEADER, "big") + payload
 
 
-# TODO: on SQLite the rate of grants is set by this writer's cycle (about 30
-# grants in about 4 ms on two cores, a third of it the commit's disk flush,
-# and a 13 ms checkpoint every 0.25 s): 0.38 to 0.40 of the HTTP stack's
-# ceiling, at the edge of the 0.40 target (docs/performance.md). The order
-# number's random index, and the checkpoint, are where the rest is.
 class BatchWriter(Generic[J, R]):
     """Writes jobs in batches through ``processes`` writer processes.
 
