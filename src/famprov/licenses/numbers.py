@@ -133,11 +133,11 @@ class Numbering:
         On SQLite, whose one writer holds the store, the ids after the
         highest. On PostgreSQL, from a block of the ids' sequence, which
         steps by `ID_BLOCK` (migration 0007): one ``nextval`` for many
-        batches, and no other writer ever gets an id of the block. Ids of a
-        batch that rolls back, of jobs that turn out to be replays, and of
-        a block a process leaves unfinished are skipped: the gaps never
-        show, numbers being permuted. An id whose number a license of before
-        0007 holds is passed over.
+        batches, and no other writer ever gets an id of the block; there the
+        ids of a batch that rolls back, of jobs that turn out to be replays,
+        and of a block a process leaves unfinished are skipped, and the gaps
+        never show, numbers being permuted. An id whose number a license of
+        before 0007 holds is passed over.
         """
         fresh: list[tuple[int, str]] = []
         after = 0
