@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import stat
 import time
 from email import policy
 from email.message import EmailMessage
@@ -51,6 +52,10 @@ def test_invitation_greets_lists_products_expiry_and_link(
     assert body["vault_url"] in text
     assert body["vault_url"] in html
     wait_for(lambda: rows(engine, outbox)[0].status == "sent")
+    # The file holds a working vault URL: the operator's account alone
+    # reads it, and the folder the server made.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
 def test_names_in_any_script_are_encoded_and_read_back(

@@ -57,7 +57,9 @@ class FolderTransport:
 
     The file appears whole or not at all (written aside, then renamed), and a
     message whose file exists already is not written again, so a delivery
-    retried after a crash leaves exactly one file.
+    retried after a crash leaves exactly one file. Each file holds a working
+    vault URL, so only the operator's account may read it (0600, and 0700
+    for a folder it makes).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -78,12 +80,13 @@ class FolderTransport:
         return None
 
     def _write(self, data: bytes, key: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = self.folder / f"{key}.eml"
         if final.exists():
             return
         partial = self.folder / f".{key}.eml.partial"
-        with open(partial, "wb") as out:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        with open(os.open(partial, flags, 0o600), "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())

@@ -26,6 +26,7 @@ _UNITS = {
     "sec": 1,
     "second": 1,
     "seconds": 1,
+    "m": 60,  # as durations elsewhere in the CLI write it (--overlap 30m)
     "min": 60,
     "minute": 60,
     "minutes": 60,
