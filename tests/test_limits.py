@@ -453,6 +453,9 @@ def test_the_client_waits_as_retry_after_asks_then_succeeds(
             asyncio.run(impatient())
         assert refused.value.status == 429
         assert refused.value.message == RATE_BODY["message"]
+        # What the server asked to wait, for a caller that paces itself.
+        assert refused.value.retry_after is not None
+        assert 0 < refused.value.retry_after <= 1
 
 
 def test_retry_after_is_read_as_seconds_or_a_date_and_waited_within_a_budget() -> None:

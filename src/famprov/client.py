@@ -100,7 +100,12 @@ class Conflict(ApiError):  # noqa: N818
 
 class RateLimited(ApiError):  # noqa: N818
     """429: over the partner's request rate, or too many failed
-    authentications, for longer than the client was allowed to wait."""
+    authentications, for longer than the client was allowed to wait.
+    ``retry_after`` is the seconds the server asked to wait, when it said."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(status, message)
+        self.retry_after = retry_after
 
 
 class Unavailable(ClientError):  # noqa: N818
@@ -214,6 +219,8 @@ class _Policy:
                 f"{message}: no famprov partner API at {where} "
                 "(is the base URL the famprov server's?)"
             )
+        if response.status_code == TOO_MANY_REQUESTS:
+            raise RateLimited(response.status_code, message, retry_after(response))
         raise _ERRORS.get(response.status_code, ApiError)(response.status_code, message)
 
 
