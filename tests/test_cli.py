@@ -186,7 +186,7 @@ def test_bad_setting_is_one_line_naming_it(env: dict[str, str]) -> None:
         "license", "list", env={**env, "FAMPROV_DATABASE_URL": "mysql://x/y"}
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("famprov: error: setting FAMPROV_DATABASE_URL")
+    assert result.stderr.startswith("famprov: error: setting FAMPROV_DATABASE_URL: ")
     assert len(result.stderr.splitlines()) == 1
 
 
@@ -292,7 +292,7 @@ def test_several_writers_are_refused_on_sqlite(env: dict[str, str]) -> None:
     result = famprov("serve", "--port", "1", env={**env, "FAMPROV_WRITERS": "2"})
     assert result.returncode == 2
     assert result.stderr == (
-        "famprov: error: setting FAMPROV_WRITERS Value error, "
+        "famprov: error: setting FAMPROV_WRITERS: "
         "above 1 needs PostgreSQL: SQLite takes one writer\n"
     )
 

@@ -73,9 +73,12 @@ class FamprovGroup(click.Group):
 
 
 def settings_problem(exc: ValidationError) -> str:
+    """``setting FAMPROV_X: what is wrong``, in words of ours where pydantic's
+    own lead with its kind of error."""
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"])
-    return f"setting FAMPROV_{field.upper()} {first['msg']}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"setting FAMPROV_{field.upper()}: {message[:1].lower()}{message[1:]}"
 
 
 def database_problem(exc: SQLAlchemyError) -> str:
