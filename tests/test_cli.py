@@ -179,6 +179,12 @@ def test_license_show_unknown_is_one_line_without_traceback(
     assert result.stderr == (
         "famprov: error: no license with order number '00000000-0000'\n"
     )
+    # Whatever was typed is echoed no longer than a few order numbers.
+    result = famprov("license", "show", "1" * 100_000, env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"famprov: error: no license with order number '{'1' * 40}'...\n"
+    )
 
 
 def test_bad_setting_is_one_line_naming_it(env: dict[str, str]) -> None:

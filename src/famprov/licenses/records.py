@@ -123,13 +123,20 @@ def with_order_number(conn: Connection, order_number: str) -> ColumnElement[bool
     return (licenses.c.order_number == order_number) & by_id
 
 
+def _no_license(order_number: str) -> NotFoundError:
+    # An order number is 13 characters; whatever was typed is shown no longer
+    # than a few of those.
+    shown = repr(order_number[:40]) + ("..." if len(order_number) > 40 else "")
+    return NotFoundError(f"no license with order number {shown}")
+
+
 def get_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRecord:
     with engine.connect() as conn:
         row = conn.execute(
             _query().where(with_order_number(conn, order_number))
         ).first()
     if row is None:
-        raise NotFoundError(f"no license with order number {order_number!r}")
+        raise _no_license(order_number)
     return _record(row, clock.now())
 
 
@@ -143,7 +150,7 @@ def revoke_license(engine: Engine, clock: Clock, order_number: str) -> LicenseRe
             )
         ).first()
         if row is None:
-            raise NotFoundError(f"no license with order number {order_number!r}")
+            raise _no_license(order_number)
         status = effective_status(row.status, row.expires_at, clock.now())
         if status not in LIVE:
             raise OperatorError(f"license {order_number} is {status}, not revocable")
@@ -170,7 +177,7 @@ def resend_invitation(engine: Engine, clock: Clock, order_number: str) -> int:
             )
         ).first()
         if row is None:
-            raise NotFoundError(f"no license with order number {order_number!r}")
+            raise _no_license(order_number)
         status = effective_status(row.status, row.expires_at, now)
         if status != INVITED:
             raise OperatorError(

@@ -324,7 +324,10 @@ class PartnerDirectory:
         self._reading: dict[str, asyncio.Future[Partner | None]] = {}
 
     async def get(self, name: str) -> Partner | None:
-        if len(name) > 64:
+        if not NAME_PATTERN.fullmatch(name):
+            # No partner can have it (`check_name`): unknown, without asking
+            # the store, which may refuse what it holds (PostgreSQL takes no
+            # NUL in a text).
             return None
         hit = self._cache.get(name)
         now = time.monotonic()
