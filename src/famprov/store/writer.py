@@ -155,11 +155,15 @@ class BatchWriter(Generic[J, R]):
             raise WriterClosedError("the writer is stopped")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((self._encode(job), future, 0))
+        self._dispatch_soon()
+        return await future
+
+    def _dispatch_soon(self) -> None:
+        """Send what is pending once this round of the loop is over: the
+        jobs queued in the same round share a message."""
         if not self._dispatching:
-            # Jobs queued in the same round of the loop share a batch.
             self._dispatching = True
             asyncio.get_running_loop().call_soon(self._dispatch)
-        return await future
 
     def _dispatch(self) -> None:
         self._dispatching = False
@@ -204,6 +208,8 @@ class BatchWriter(Generic[J, R]):
             else:
                 again.append((job, future, tries + 1))
         self._pending[:0] = again
+        if again:
+            self._dispatch_soon()  # to another writer process, if one is up
         self._background(child.wait())
         if child in self._children and not self._closed:
             self._children.remove(child)
