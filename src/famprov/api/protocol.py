@@ -14,14 +14,15 @@ four changes.
   says nothing, or sends its head a byte at a time, is dropped (with a JSON
   408 if it had begun), so one caller cannot hold many connections open.
 
+The answers to these three are written before the app sees the request, so
+they carry no request id; each is logged as ``request_refused`` with its
+outcome.
+
 - What one round of the event loop writes to a connection goes out in one
   send (`GatheredWrites`). uvicorn writes a response's head as soon as the
   app starts it and its body in a second call, two sends and two TCP
   segments for every answer; gathered, the serving process and the client
   each spend about 7 µs less a grant (docs/performance.md).
-
-These answers are written before the app sees the request, so they carry no
-request id; each is logged as ``request_refused`` with its outcome.
 """
 
 from __future__ import annotations
