@@ -90,8 +90,14 @@ def generate_salt() -> str:
             return salt
 
 
+def could_be_partner(name: str) -> bool:
+    """Whether a partner can have this name: 1 to 64 characters, letters,
+    digits, space, '.', '_' and '-', starting with a letter or digit."""
+    return NAME_PATTERN.fullmatch(name) is not None
+
+
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name):
+    if not could_be_partner(name):
         raise OperatorError(
             "partner name must be 1 to 64 characters: letters, digits, space, "
             "'.', '_' and '-', starting with a letter or digit"
@@ -324,15 +330,15 @@ class PartnerDirectory:
         self._reading: dict[str, asyncio.Future[Partner | None]] = {}
 
     async def get(self, name: str) -> Partner | None:
-        if not NAME_PATTERN.fullmatch(name):
-            # No partner can have it (`check_name`): unknown, without asking
-            # the store, which may refuse what it holds (PostgreSQL takes no
-            # NUL in a text).
-            return None
         hit = self._cache.get(name)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
+        if not could_be_partner(name):
+            # Unknown, without asking the store, which may refuse what it
+            # holds (PostgreSQL takes no NUL in a text); never cached, so a
+            # hit above is a name a partner could have.
+            return None
         reading = self._reading.get(name)
         if reading is None:
             reading = asyncio.ensure_future(self._read(name, now))

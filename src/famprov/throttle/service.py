@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from famprov import logs
 from famprov.errors import FailedAuthLimitError, PartnerRateError, RateLimitedError
-from famprov.partners.service import Partner
+from famprov.partners.service import Partner, could_be_partner
 from famprov.throttle.counters import (
     CHECK,
     FAIL,
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 PARTNER = "partner"
 FAILED_AUTH_ADDRESS = "failed-auth-address"
 FAILED_AUTH_NAME = "failed-auth-name"
-# A longer name is no partner's; such names share one count, so that their
-# keys stay small.
-_MAX_NAME = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +150,9 @@ class Throttle:
         if self._per_address is not None:
             checks.append((address_key(client), self._per_address))
         if self._per_name is not None:
-            key = "name:" + name if len(name) <= _MAX_NAME else "name:\0long"
+            # Names no partner can have share one count, so that the keys
+            # stay small and plain.
+            key = "name:" + name if could_be_partner(name) else "name:\0none"
             checks.append((key, self._per_name))
         return checks
 
