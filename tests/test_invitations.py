@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import stat
 import time
@@ -70,6 +71,29 @@ def test_names_in_any_script_are_encoded_and_read_back(
     message = read_mail(path)
     assert message["Subject"] == "Зоя, your family plan is ready"
     assert message["To"].addresses[0].display_name == "Зоя 李"
+
+
+def test_an_encoded_word_in_a_name_adds_no_header_and_no_recipient(
+    http: httpx.Client, partner: Partner, settings: Settings
+) -> None:
+    # The email package decodes RFC 2047 words as it writes a header; the
+    # name's own control characters were checked as sent, not as decoded.
+    def word(text: str) -> str:
+        return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+    params = partner.params(
+        first_name=word("Ann\r\nBcc: evil@attacker.example\r\n"),
+        last_name=word("A>, evil@attacker.example, <"),
+    )
+    assert http.get(V1_PATH, params=params).status_code == 200
+
+    [path] = wait_for(lambda: mail_files(settings))
+    message = read_mail(path)
+    assert message["Bcc"] is None
+    assert [a.addr_spec for a in message["To"].addresses] == ["ann@example.com"]
+    assert "\n" not in message["Subject"]
+    assert "Bcc" not in message["Subject"]
+    assert b"Bcc:" not in path.read_bytes()
 
 
 def test_internationalised_domain_is_addressed_in_its_ascii_form(

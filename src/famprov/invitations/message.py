@@ -44,8 +44,14 @@ def expiry_text(expires_at: datetime) -> str:
 
 def one_line(text: str) -> str:
     """``text`` with every run of white space or control characters made one
-    space: what a header may hold, whatever a template or a name contains."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    space: what a header may hold, whatever a template or a name contains.
+
+    An RFC 2047 encoded word (``=?utf-8?b?...?=``) in a name would be decoded
+    by the email package as it writes the header, control characters and
+    all, so a name could add a header or a recipient; its ``=?`` is split,
+    and the name shows as the text it is."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return line.replace("=?", "= ?")
 
 
 def context(inv: Invitation) -> dict[str, object]:
