@@ -317,3 +317,64 @@ def test_serving_on_every_address_needs_a_public_url(env: dict[str, str]) -> Non
     assert result.returncode == 2
     assert "--host 0.0.0.0 listens on every address" in result.stderr
     assert "set FAMPROV_PUBLIC_URL" in result.stderr
+
+
+def _serve_until_ready(
+    env: dict[str, str], stdout: int, stderr: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    from support import answers, free_port, wait_for
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [FAMPROV, "serve", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=stdout,
+        stderr=stderr,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(url + "/healthz"), timeout=20)
+    return proc, url
+
+
+@only("sqlite")
+def test_a_first_start_in_a_terminal_makes_a_demo_partner_that_grants(
+    env: dict[str, str],
+) -> None:
+    import pty
+    import shlex
+
+    leader, follower = pty.openpty()
+    proc, url = _serve_until_ready(env, follower, subprocess.DEVNULL)
+    os.close(follower)
+    try:
+        shown = b""
+        while b"or with curl" not in shown:
+            shown += os.read(leader, 65536)
+        text = shown.decode().replace("\r\n", "\n")
+        [line] = [ln for ln in text.splitlines() if " provision --url " in ln]
+        argv = shlex.split(line.strip())
+        granted = subprocess.run(
+            [FAMPROV, *argv[1:]], env={**os.environ, **env},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        os.close(leader)
+    assert url in line
+    assert granted.returncode == 0, granted.stderr
+    assert "order number:" in granted.stdout
+
+
+@only("sqlite")
+def test_a_first_start_as_a_service_makes_no_partner_and_shows_no_salt(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc, _ = _serve_until_ready(env, stdout.fileno(), stderr.fileno())
+        proc.terminate()
+        proc.wait(15)
+    assert "salt" not in out.read_text() + err.read_text()
+    assert "famprov partner add NAME" in err.read_text()
+    assert json.loads(famprov("partner", "list", "--json", env=env).stdout) == []

@@ -170,9 +170,18 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
             2,
         )
     if settings.is_embedded and partners.count_partners(engine) == 0:
-        salt = partners.generate_salt()
-        partners.add_partner(engine, keyring, SystemClock(), DEMO_PARTNER, salt)
-        print_demo(DEMO_PARTNER, salt, f"http://{host}:{port}")
+        if sys.stdout.isatty():
+            # A first try from a terminal: a partner to grant with at once.
+            # Its salt is shown there, never to a log a service manager keeps.
+            salt = partners.generate_salt()
+            partners.add_partner(engine, keyring, SystemClock(), DEMO_PARTNER, salt)
+            print_demo(DEMO_PARTNER, salt, f"http://{host}:{port}")
+        else:
+            click.echo(
+                "famprov: the store holds no partner yet: add one with "
+                "`famprov partner add NAME`",
+                err=True,
+            )
     engine.dispose()
     if no_delivery:
         # The serving processes read their settings from the environment.
