@@ -378,3 +378,21 @@ def test_a_first_start_as_a_service_makes_no_partner_and_shows_no_salt(
     assert "salt" not in out.read_text() + err.read_text()
     assert "famprov partner add NAME" in err.read_text()
     assert json.loads(famprov("partner", "list", "--json", env=env).stdout) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("license", "show", "\udcff\udcfe"),
+        ("partner", "disable", "ac\udcffme"),
+        ("provision", "--partner", "\udcff", "--url", "http://127.0.0.1:1"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_one_line(
+    env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    # What a shell passes for bytes that are not UTF-8 ($'\xff\xfe').
+    result = famprov(*args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("famprov: error: argument ")
+    assert result.stderr.endswith(" is not UTF-8 text\n")

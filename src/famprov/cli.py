@@ -55,6 +55,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
 class FamprovGroup(click.Group):
     """Turns every expected failure into one line on stderr."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Bytes that are not UTF-8 reach Python as lone surrogates, which no
+        # store, file or URL takes: refused here, once, for every command.
+        for position, arg in enumerate(args, 1):
+            try:
+                arg.encode()
+            except UnicodeEncodeError:
+                fail(f"argument {position} is not UTF-8 text", 2)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
