@@ -75,14 +75,19 @@ def test_two_servers_racing_keep_one_license_per_transaction_id(
 
 
 @only("postgresql")
-def test_serve_with_several_workers(env: dict[str, str], partner: Partner) -> None:
-    with ServerProcess(env, "--workers", "2") as server:
+def test_serve_with_several_workers(
+    env: dict[str, str], partner: Partner, tmp_path: Path
+) -> None:
+    log = tmp_path / "serve.log"
+    with ServerProcess(env, "--workers", "2", log=log) as server:
         grants = [
             partner.params(transaction_id=f"w{i}", email=f"w{i}@example.com")
             for i in range(40)
         ]
         answers = asyncio.run(spread([server.url], grants))
     assert [a.status_code for a in answers] == [200] * 40
+    # Without FAMPROV_REDIS_URL each process counts the limits alone: said.
+    assert "limits_counted_per_process" in log.read_text()
 
 
 def test_delivery_hosts_apart_from_api_hosts(

@@ -179,6 +179,15 @@ def serve(host: str, port: int, workers: int, no_delivery: bool) -> None:
             "set FAMPROV_DATABASE_URL to a PostgreSQL database for --workers above 1",
             2,
         )
+    if workers > 1 and settings.redis_url is None:
+        # Documented (README, FAMPROV_REDIS_URL), and easy to miss.
+        log.warning(
+            "limits_counted_per_process",
+            workers=workers,
+            hint="each serving process counts the rate limits alone: a partner "
+            "may send up to workers times its rate; set FAMPROV_REDIS_URL to "
+            "count them together",
+        )
     if settings.is_embedded and partners.count_partners(engine) == 0:
         if sys.stdout.isatty():
             # A first try from a terminal: a partner to grant with at once.
